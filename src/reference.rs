@@ -11,7 +11,10 @@ pub enum ReferenceError {
     #[error("empty image reference")]
     Empty,
     #[error("image reference {reference:?}: {why}")]
-    Invalid { reference: String, why: &'static str },
+    Invalid {
+        reference: String,
+        why: &'static str,
+    },
 }
 
 /// A parsed, normalized image reference.
@@ -170,10 +173,17 @@ mod tests {
             ("bitnami/redis", "docker.io/bitnami/redis:latest"),
             ("localhost/foo", "localhost/foo:latest"),
             ("127.0.0.1:5000/ml/model:1.2", "127.0.0.1:5000/ml/model:1.2"),
-            ("registry.example.com/a/b/c:v1", "registry.example.com/a/b/c:v1"),
+            (
+                "registry.example.com/a/b/c:v1",
+                "registry.example.com/a/b/c:v1",
+            ),
         ];
         for (input, want) in cases {
-            assert_eq!(Reference::parse(input).unwrap().to_string(), want, "{input}");
+            assert_eq!(
+                Reference::parse(input).unwrap().to_string(),
+                want,
+                "{input}"
+            );
         }
     }
 

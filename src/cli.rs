@@ -1,0 +1,82 @@
+//! The command line. Doc comments are the help text.
+
+use crate::config::Overrides;
+use clap::{Parser, Subcommand};
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+
+/// Pre-pull container images into containerd before kubelet joins.
+#[derive(Debug, Parser)]
+#[command(name = "prewarm", version, max_term_width = 80)]
+pub struct Cli {
+    /// Extra config fragment, read after the config.d directories
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Root under which usr/lib, run and etc prewarm/config.d are read
+    #[arg(long, global = true, value_name = "DIR", default_value = "/")]
+    pub config_root: PathBuf,
+
+    /// containerd socket (overrides [containerd] socket)
+    #[arg(long, global = true, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+
+    /// Where to write the JSON report (overrides [pull] report)
+    #[arg(long, global = true, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+
+    /// Bandwidth cap such as 50MiB/s (overrides [throttle] bandwidth)
+    #[arg(long, global = true, value_name = "RATE")]
+    pub bandwidth: Option<String>,
+
+    /// Images pulled side by side (overrides [pull] concurrency)
+    #[arg(long, global = true, value_name = "N")]
+    pub concurrency: Option<NonZeroU32>,
+
+    /// Add a required image to the list; may be repeated
+    #[arg(long = "image", global = true, value_name = "REF")]
+    pub images: Vec<String>,
+
+    /// More logging (-v debug, -vv trace)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Pull the listed images into containerd and write the report
+    Pull,
+    /// Show what pull would do, in order, with sizes; writes nothing
+    Plan,
+    /// Show each listed image as kubelet sees it (CRI), by tag and digest
+    Status,
+    /// Validate the configuration and exit
+    CheckConfig,
+}
+
+impl Cli {
+    /// The flags that override configuration keys.
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            socket: self.socket.clone(),
+            report: self.report.clone(),
+            bandwidth: self.bandwidth.clone(),
+            concurrency: self.concurrency,
+            images: self.images.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+}

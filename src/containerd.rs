@@ -1,0 +1,636 @@
+//! containerd's gRPC API: leases, content, snapshots, diff and images, in
+//! kubelet's namespace.
+//!
+//! Every call carries `containerd-namespace`; calls that create content or
+//! snapshots also carry `containerd-lease` so nothing is collected before the
+//! image records exist.
+
+use containerd_client::services::v1::content_client::ContentClient;
+use containerd_client::services::v1::diff_client::DiffClient;
+use containerd_client::services::v1::images_client::ImagesClient;
+use containerd_client::services::v1::leases_client::LeasesClient;
+use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
+use containerd_client::services::v1::snapshots::{
+    CommitSnapshotRequest, PrepareSnapshotRequest, RemoveSnapshotRequest, StatSnapshotRequest,
+};
+use containerd_client::services::v1::{
+    AbortRequest, ApplyRequest, CreateImageRequest, CreateRequest, DeleteRequest, GetImageRequest,
+    Image, Info, InfoRequest, UpdateImageRequest, UpdateRequest, WriteAction, WriteContentRequest,
+    WriteContentResponse,
+};
+use containerd_client::types::Descriptor as PbDescriptor;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tonic::transport::Channel;
+use tonic::{Code, Request, Status};
+
+/// A containerd call that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerdError {
+    #[error("connecting to containerd at {socket}: {message}")]
+    Connect { socket: PathBuf, message: String },
+    #[error("containerd {op} {subject}: {status}")]
+    Call {
+        op: &'static str,
+        subject: String,
+        status: Status,
+    },
+    #[error("containerd {op} {subject}: {message}")]
+    Protocol {
+        op: &'static str,
+        subject: String,
+        message: String,
+    },
+}
+
+impl ContainerdError {
+    fn call(op: &'static str, subject: impl Into<String>) -> impl FnOnce(Status) -> Self {
+        let subject = subject.into();
+        move |status| ContainerdError::Call {
+            op,
+            subject,
+            status,
+        }
+    }
+
+    /// The gRPC code, when containerd answered.
+    pub fn code(&self) -> Option<Code> {
+        match self {
+            ContainerdError::Call { status, .. } => Some(status.code()),
+            _ => None,
+        }
+    }
+
+    /// Worth trying again: a locked ingest, a lost connection, a digest
+    /// that did not verify.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self.code(),
+            Some(Code::Unavailable | Code::FailedPrecondition | Code::Aborted | Code::Unknown)
+        ) || matches!(self, ContainerdError::Connect { .. })
+    }
+}
+
+/// A descriptor as containerd wants it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Desc {
+    pub media_type: String,
+    pub digest: String,
+    pub size: i64,
+}
+
+impl From<&Desc> for PbDescriptor {
+    fn from(d: &Desc) -> Self {
+        PbDescriptor {
+            media_type: d.media_type.clone(),
+            digest: d.digest.clone(),
+            size: d.size,
+            annotations: HashMap::new(),
+        }
+    }
+}
+
+/// What a content writer found when it opened a ref.
+#[derive(Debug, PartialEq, Eq)]
+pub enum WriteStart {
+    /// The blob is already committed.
+    Exists,
+    /// Continue writing at this offset (0 for a fresh ingest).
+    At(u64),
+}
+
+/// A connection to containerd in one namespace.
+#[derive(Clone)]
+pub struct Containerd {
+    channel: Channel,
+    namespace: String,
+    socket: PathBuf,
+}
+
+/// An open, lock-step `Content.Write` stream for one ref.
+pub struct ContentWriter {
+    tx: tokio::sync::mpsc::Sender<WriteContentRequest>,
+    rx: tonic::Streaming<WriteContentResponse>,
+    reference: String,
+    expected: String,
+    total: i64,
+    offset: u64,
+}
+
+impl Containerd {
+    /// Connects to the socket, with a bound.
+    pub async fn connect(
+        socket: &Path,
+        namespace: &str,
+        timeout: Duration,
+    ) -> Result<Self, ContainerdError> {
+        let err = |message: String| ContainerdError::Connect {
+            socket: socket.to_path_buf(),
+            message,
+        };
+        let channel = tokio::time::timeout(timeout, containerd_client::connect(socket))
+            .await
+            .map_err(|_| err(format!("no answer within {timeout:?}")))?
+            .map_err(|e| err(format!("{e}: {}", source_chain(&e))))?;
+        let c = Containerd {
+            channel,
+            namespace: namespace.to_string(),
+            socket: socket.to_path_buf(),
+        };
+        // A socket that accepts but does not speak gRPC fails here, bounded.
+        let mut v =
+            containerd_client::services::v1::version_client::VersionClient::new(c.channel.clone());
+        tokio::time::timeout(timeout, v.version(Request::new(())))
+            .await
+            .map_err(|_| err(format!("version call unanswered within {timeout:?}")))?
+            .map_err(|s| err(s.to_string()))?;
+        Ok(c)
+    }
+
+    /// The socket this client talks to.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The channel, for CRI calls over the same socket.
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
+    fn req<T>(&self, msg: T, lease: Option<&str>) -> Request<T> {
+        let mut r = Request::new(msg);
+        let md = r.metadata_mut();
+        if let Ok(v) = self.namespace.parse() {
+            md.insert("containerd-namespace", v);
+        }
+        if let Some(Ok(v)) = lease.map(str::parse) {
+            md.insert("containerd-lease", v);
+        }
+        r
+    }
+
+    // ---- leases
+
+    /// Creates lease `id`, or reuses it when it exists (a resumed run).
+    /// Returns true when it already existed.
+    pub async fn lease_create(&self, id: &str, expire: Duration) -> Result<bool, ContainerdError> {
+        let expire_at = std::time::SystemTime::now() + expire;
+        let labels = HashMap::from([("containerd.io/gc.expire".to_string(), rfc3339(expire_at))]);
+        let r = LeasesClient::new(self.channel())
+            .create(self.req(
+                CreateRequest {
+                    id: id.to_string(),
+                    labels,
+                },
+                None,
+            ))
+            .await;
+        match r {
+            Ok(_) => Ok(false),
+            Err(s) if s.code() == Code::AlreadyExists => Ok(true),
+            Err(s) => Err(ContainerdError::call("creating lease", id)(s)),
+        }
+    }
+
+    /// Deletes lease `id`; a missing lease is fine.
+    pub async fn lease_delete(&self, id: &str) -> Result<(), ContainerdError> {
+        match LeasesClient::new(self.channel())
+            .delete(self.req(
+                DeleteRequest {
+                    id: id.to_string(),
+                    sync: false,
+                },
+                None,
+            ))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(s) if s.code() == Code::NotFound => Ok(()),
+            Err(s) => Err(ContainerdError::call("deleting lease", id)(s)),
+        }
+    }
+
+    // ---- content
+
+    /// Content info, or None when the blob is not in the store.
+    pub async fn content_info(&self, digest: &str) -> Result<Option<Info>, ContainerdError> {
+        match ContentClient::new(self.channel())
+            .info(self.req(
+                InfoRequest {
+                    digest: digest.to_string(),
+                },
+                None,
+            ))
+            .await
+        {
+            Ok(r) => Ok(r.into_inner().info),
+            Err(s) if s.code() == Code::NotFound => Ok(None),
+            Err(s) => Err(ContainerdError::call("reading content info", digest)(s)),
+        }
+    }
+
+    /// Sets `labels` on a committed blob, leaving its other labels alone.
+    pub async fn content_label(
+        &self,
+        digest: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<(), ContainerdError> {
+        if labels.is_empty() {
+            return Ok(());
+        }
+        let paths = labels.keys().map(|k| format!("labels.{k}")).collect();
+        ContentClient::new(self.channel())
+            .update(self.req(
+                UpdateRequest {
+                    info: Some(Info {
+                        digest: digest.to_string(),
+                        labels,
+                        ..Default::default()
+                    }),
+                    update_mask: Some(prost_types::FieldMask { paths }),
+                },
+                None,
+            ))
+            .await
+            .map_err(ContainerdError::call("labelling content", digest))?;
+        Ok(())
+    }
+
+    /// Drops an ingest so the next write starts from zero.
+    pub async fn content_abort(&self, reference: &str) -> Result<(), ContainerdError> {
+        match ContentClient::new(self.channel())
+            .abort(self.req(
+                AbortRequest {
+                    r#ref: reference.to_string(),
+                },
+                None,
+            ))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(s) if s.code() == Code::NotFound => Ok(()),
+            Err(s) => Err(ContainerdError::call("aborting ingest", reference)(s)),
+        }
+    }
+
+    /// Opens a write for `reference` and sends STAT. On
+    /// [`WriteStart::Exists`] there is nothing to write.
+    pub async fn content_writer(
+        &self,
+        reference: &str,
+        expected: &Desc,
+        lease: &str,
+    ) -> Result<(WriteStart, Option<ContentWriter>), ContainerdError> {
+        let (tx, rx_req) = tokio::sync::mpsc::channel::<WriteContentRequest>(1);
+        let stat = WriteContentRequest {
+            action: WriteAction::Stat as i32,
+            r#ref: reference.to_string(),
+            total: expected.size,
+            expected: expected.digest.clone(),
+            ..Default::default()
+        };
+        tx.send(stat)
+            .await
+            .map_err(|_| closed("opening write", reference))?;
+        let stream = futures_util::stream::unfold(rx_req, |mut rx| async move {
+            rx.recv().await.map(|m| (m, rx))
+        });
+        let resp = ContentClient::new(self.channel())
+            .write(self.req(stream, Some(lease)))
+            .await;
+        let mut rx = match resp {
+            Ok(r) => r.into_inner(),
+            Err(s) if s.code() == Code::AlreadyExists => return Ok((WriteStart::Exists, None)),
+            Err(s) => return Err(ContainerdError::call("opening write", reference)(s)),
+        };
+        let first = match rx.message().await {
+            Ok(Some(m)) => m,
+            Ok(None) => return Err(closed("stat", reference)),
+            Err(s) if s.code() == Code::AlreadyExists => return Ok((WriteStart::Exists, None)),
+            Err(s) => return Err(ContainerdError::call("stat", reference)(s)),
+        };
+        let offset = u64::try_from(first.offset).unwrap_or(0);
+        Ok((
+            WriteStart::At(offset),
+            Some(ContentWriter {
+                tx,
+                rx,
+                reference: reference.to_string(),
+                expected: expected.digest.clone(),
+                total: expected.size,
+                offset,
+            }),
+        ))
+    }
+
+    // ---- snapshots and diff
+
+    /// Does snapshot `key` exist?
+    pub async fn snapshot_exists(
+        &self,
+        snapshotter: &str,
+        key: &str,
+    ) -> Result<bool, ContainerdError> {
+        match SnapshotsClient::new(self.channel())
+            .stat(self.req(
+                StatSnapshotRequest {
+                    snapshotter: snapshotter.to_string(),
+                    key: key.to_string(),
+                },
+                None,
+            ))
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(s) if s.code() == Code::NotFound => Ok(false),
+            Err(s) => Err(ContainerdError::call("stat snapshot", key)(s)),
+        }
+    }
+
+    /// Unpacks one layer on `parent` into the committed snapshot `chain_id`.
+    /// Returns false when the layer was already unpacked. The diff ID
+    /// containerd computes must equal `diff_id`.
+    pub async fn unpack_layer(
+        &self,
+        snapshotter: &str,
+        layer: &Desc,
+        diff_id: &str,
+        chain_id: &str,
+        parent: &str,
+        lease: &str,
+    ) -> Result<bool, ContainerdError> {
+        if self.snapshot_exists(snapshotter, chain_id).await? {
+            return Ok(false);
+        }
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let key = format!("extract-{nanos}-{chain_id}");
+        let mut snaps = SnapshotsClient::new(self.channel());
+        let labels = HashMap::from([(
+            "containerd.io/snapshot.ref".to_string(),
+            chain_id.to_string(),
+        )]);
+        let prepared = snaps
+            .prepare(self.req(
+                PrepareSnapshotRequest {
+                    snapshotter: snapshotter.to_string(),
+                    key: key.clone(),
+                    parent: parent.to_string(),
+                    labels,
+                },
+                Some(lease),
+            ))
+            .await;
+        let mounts = match prepared {
+            Ok(r) => r.into_inner().mounts,
+            Err(s) if s.code() == Code::AlreadyExists => return Ok(false),
+            Err(s) => return Err(ContainerdError::call("preparing snapshot", chain_id)(s)),
+        };
+        let result = async {
+            let applied = DiffClient::new(self.channel())
+                .apply(self.req(
+                    ApplyRequest {
+                        diff: Some(layer.into()),
+                        mounts,
+                        payloads: HashMap::new(),
+                        sync_fs: false,
+                    },
+                    Some(lease),
+                ))
+                .await
+                .map_err(ContainerdError::call("applying layer", &layer.digest))?
+                .into_inner()
+                .applied
+                .ok_or_else(|| ContainerdError::Protocol {
+                    op: "applying layer",
+                    subject: layer.digest.clone(),
+                    message: "no descriptor in the answer".into(),
+                })?;
+            if applied.digest != diff_id {
+                return Err(ContainerdError::Protocol {
+                    op: "applying layer",
+                    subject: layer.digest.clone(),
+                    message: format!(
+                        "unpacked to {} but the image config says {diff_id}",
+                        applied.digest
+                    ),
+                });
+            }
+            match snaps
+                .commit(self.req(
+                    CommitSnapshotRequest {
+                        snapshotter: snapshotter.to_string(),
+                        name: chain_id.to_string(),
+                        key: key.clone(),
+                        labels: HashMap::new(),
+                    },
+                    Some(lease),
+                ))
+                .await
+            {
+                Ok(_) => Ok(true),
+                Err(s) if s.code() == Code::AlreadyExists => Ok(false),
+                Err(s) => Err(ContainerdError::call("committing snapshot", chain_id)(s)),
+            }
+        }
+        .await;
+        if !matches!(result, Ok(true)) {
+            let _ = SnapshotsClient::new(self.channel())
+                .remove(self.req(
+                    RemoveSnapshotRequest {
+                        snapshotter: snapshotter.to_string(),
+                        key,
+                    },
+                    Some(lease),
+                ))
+                .await;
+        }
+        result
+    }
+
+    // ---- images
+
+    /// The image record `name`, if any.
+    pub async fn image_get(&self, name: &str) -> Result<Option<Image>, ContainerdError> {
+        match ImagesClient::new(self.channel())
+            .get(self.req(
+                GetImageRequest {
+                    name: name.to_string(),
+                },
+                None,
+            ))
+            .await
+        {
+            Ok(r) => Ok(r.into_inner().image),
+            Err(s) if s.code() == Code::NotFound => Ok(None),
+            Err(s) => Err(ContainerdError::call("reading image", name)(s)),
+        }
+    }
+
+    /// Creates the image record `name`, or points an existing one at
+    /// `target` and sets `labels` on it.
+    pub async fn image_put(
+        &self,
+        name: &str,
+        target: &Desc,
+        labels: &HashMap<String, String>,
+    ) -> Result<(), ContainerdError> {
+        let image = Image {
+            name: name.to_string(),
+            labels: labels.clone(),
+            target: Some(target.into()),
+            created_at: None,
+            updated_at: None,
+        };
+        let mut images = ImagesClient::new(self.channel());
+        match images
+            .create(self.req(
+                CreateImageRequest {
+                    image: Some(image.clone()),
+                    source_date_epoch: None,
+                },
+                None,
+            ))
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(s) if s.code() == Code::AlreadyExists => {}
+            Err(s) => return Err(ContainerdError::call("creating image", name)(s)),
+        }
+        let mut paths = vec!["target".to_string()];
+        paths.extend(labels.keys().map(|k| format!("labels.{k}")));
+        images
+            .update(self.req(
+                UpdateImageRequest {
+                    image: Some(image),
+                    update_mask: Some(prost_types::FieldMask { paths }),
+                    source_date_epoch: None,
+                },
+                None,
+            ))
+            .await
+            .map_err(ContainerdError::call("updating image", name))?;
+        Ok(())
+    }
+}
+
+impl ContentWriter {
+    /// The offset the next write goes to.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    async fn round_trip(
+        &mut self,
+        op: &'static str,
+        req: WriteContentRequest,
+    ) -> Result<WriteContentResponse, ContainerdError> {
+        self.tx
+            .send(req)
+            .await
+            .map_err(|_| closed(op, &self.reference))?;
+        match self.rx.message().await {
+            Ok(Some(m)) => Ok(m),
+            Ok(None) => Err(closed(op, &self.reference)),
+            Err(s) => Err(ContainerdError::call(op, self.reference.clone())(s)),
+        }
+    }
+
+    /// Writes `data` at `offset`. An offset of 0 on a partly written ingest
+    /// truncates it (the registry ignored our Range request).
+    pub async fn write_at(&mut self, offset: u64, data: Vec<u8>) -> Result<(), ContainerdError> {
+        let len = data.len() as u64;
+        let resp = self
+            .round_trip(
+                "writing content",
+                WriteContentRequest {
+                    action: WriteAction::Write as i32,
+                    r#ref: self.reference.clone(),
+                    offset: offset as i64,
+                    data,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        self.offset = u64::try_from(resp.offset).unwrap_or(offset + len);
+        Ok(())
+    }
+
+    /// Commits: containerd checks size and digest. `labels` are set on the
+    /// blob. An `AlreadyExists` answer means someone else committed it.
+    pub async fn commit(mut self, labels: HashMap<String, String>) -> Result<(), ContainerdError> {
+        let req = WriteContentRequest {
+            action: WriteAction::Commit as i32,
+            r#ref: self.reference.clone(),
+            total: self.total,
+            expected: self.expected.clone(),
+            offset: self.offset as i64,
+            labels,
+            ..Default::default()
+        };
+        match self.round_trip("committing content", req).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some(Code::AlreadyExists) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+fn closed(op: &'static str, subject: &str) -> ContainerdError {
+    ContainerdError::Protocol {
+        op,
+        subject: subject.to_string(),
+        message: "containerd closed the stream".into(),
+    }
+}
+
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut out = Vec::new();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push(s.to_string());
+        cur = s.source();
+    }
+    out.join(": ")
+}
+
+/// Formats a time as RFC 3339 in UTC, as containerd's GC expects.
+pub fn rfc3339(t: std::time::SystemTime) -> String {
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_formats_utc() {
+        let t = std::time::UNIX_EPOCH + Duration::from_secs(1_764_470_000);
+        assert_eq!(rfc3339(t), "2025-11-30T02:33:20Z");
+        assert_eq!(rfc3339(std::time::UNIX_EPOCH), "1970-01-01T00:00:00Z");
+    }
+}

@@ -1,0 +1,882 @@
+//! The preload engine: resolve → inventory → plan → fetch, store, unpack →
+//! image records → report.
+
+use crate::config::{ImageEntry, Settings};
+use crate::containerd::{Containerd, ContainerdError, Desc, WriteStart};
+use crate::cri::Cri;
+use crate::disk::{DiskProbe, Statvfs};
+use crate::manifest::{self, Platform};
+use crate::plan::{self, Budget, Candidate, Decision};
+use crate::reference::Reference;
+use crate::registry::{Registries, RegistryError};
+use crate::report::{ImageReport, ImageStatus, Report, Summary};
+use crate::retry::Retry;
+use crate::throttle::Bandwidth;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Write chunks to containerd in pieces of this size.
+const CHUNK: usize = 1 << 20;
+/// Check free space after this many bytes written.
+const DISK_CHECK_EVERY: u64 = 16 << 20;
+/// How long CRI may take to notice new image records.
+const CRI_VISIBLE_WITHIN: Duration = Duration::from_secs(10);
+
+/// Why one image could not be pulled.
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Containerd(#[from] ContainerdError),
+    #[error(transparent)]
+    Manifest(#[from] manifest::ManifestError),
+    #[error("{reference}: blob {digest}: {message}")]
+    Blob {
+        reference: String,
+        digest: String,
+        message: String,
+    },
+    #[error(
+        "disk: {available} bytes free on {path} would go below the reserve of {reserve} bytes"
+    )]
+    DiskFull {
+        path: String,
+        available: u64,
+        reserve: u64,
+    },
+    #[error(transparent)]
+    Disk(#[from] crate::disk::DiskError),
+    #[error("{name} is not visible through CRI ImageStatus within {within:?}")]
+    NotVisible { name: String, within: Duration },
+}
+
+impl PullError {
+    fn is_retryable(&self) -> bool {
+        match self {
+            PullError::Registry(e) => e.is_retryable(),
+            PullError::Containerd(e) => e.is_retryable(),
+            PullError::Blob { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+/// A blob held in memory (manifests, indexes, configs).
+#[derive(Debug, Clone)]
+pub struct SmallBlob {
+    pub desc: Desc,
+    pub bytes: Bytes,
+}
+
+/// An image resolved against its registry: raw bytes of everything above
+/// the layers.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub entry: ImageEntry,
+    /// The index or list, when the reference names one.
+    pub index: Option<SmallBlob>,
+    pub manifest: SmallBlob,
+    pub config: SmallBlob,
+    pub layers: Vec<Desc>,
+    pub diff_ids: Vec<String>,
+    pub chain_ids: Vec<String>,
+    /// The registry host that served it, for the distribution-source label.
+    pub source_host: String,
+}
+
+impl Resolved {
+    /// What the image records point at: the index if any, else the manifest.
+    pub fn top(&self) -> &SmallBlob {
+        self.index.as_ref().unwrap_or(&self.manifest)
+    }
+
+    /// Compressed bytes of the whole image.
+    pub fn compressed_size(&self) -> u64 {
+        let small = self.index.iter().chain([&self.manifest, &self.config]);
+        small.map(|b| b.bytes.len() as u64).sum::<u64>()
+            + self
+                .layers
+                .iter()
+                .map(|l| l.size.max(0) as u64)
+                .sum::<u64>()
+    }
+
+    /// Estimated unpacked bytes.
+    pub fn unpacked_estimate(&self, ratio: f64) -> u64 {
+        self.layers
+            .iter()
+            .map(|l| {
+                let compressed = !matches!(
+                    manifest::layer_compression(&l.media_type),
+                    Some(manifest::Compression::None)
+                );
+                plan::estimate_unpacked(l.size.max(0) as u64, compressed, ratio)
+            })
+            .sum()
+    }
+
+    /// The image ID kubelet shows: the config digest.
+    pub fn image_id(&self) -> &str {
+        &self.config.desc.digest
+    }
+
+    /// The three record names: `repo:tag` (when tagged), `repo@digest`,
+    /// and the config digest.
+    pub fn record_names(&self) -> Vec<String> {
+        let r = &self.entry.reference;
+        let mut names: Vec<String> = r.tag_name().into_iter().collect();
+        names.push(r.digest_name(&self.top().desc.digest));
+        names.push(self.image_id().to_string());
+        names
+    }
+}
+
+/// Everything a run needs, shared by the image tasks.
+pub struct Engine {
+    pub settings: Settings,
+    pub containerd: Containerd,
+    pub cri: Cri,
+    pub registries: Registries,
+    pub snapshotter: String,
+    pub disk: Arc<dyn DiskProbe>,
+    /// Where the disk probe looks, for messages.
+    pub disk_path: String,
+    pub bandwidth: Bandwidth,
+    pub retry: Retry,
+}
+
+/// An image's fate before execution.
+enum Prepared {
+    Ready(Box<Resolved>, bool),
+    Failed(String),
+}
+
+impl Engine {
+    /// Connects to containerd and CRI and finds the snapshotter and disk.
+    pub async fn connect(settings: Settings) -> Result<Self, anyhow::Error> {
+        use anyhow::Context;
+        let containerd = Containerd::connect(
+            &settings.socket,
+            &settings.namespace,
+            settings.connect_timeout,
+        )
+        .await?;
+        let cri = Cri::new(containerd.channel());
+        let image_fs = cri.image_fs().await.with_context(|| {
+            format!(
+                "asking CRI on {} for the image filesystem",
+                settings.socket.display()
+            )
+        })?;
+        let snapshotter = settings
+            .snapshotter
+            .clone()
+            .unwrap_or(image_fs.snapshotter.clone());
+        let registries = Registries::new(crate::registry::RegistryOptions {
+            config_path: settings.registry_config_path.clone(),
+            auth_file: settings.auth_file.clone(),
+            connect_timeout: settings.registry_connect_timeout,
+            read_timeout: settings.registry_read_timeout,
+            user_agent: format!("prewarm/{}", env!("CARGO_PKG_VERSION")),
+        })?;
+        let disk_path = image_fs.mountpoint.display().to_string();
+        Ok(Engine {
+            bandwidth: Bandwidth::new(settings.bandwidth),
+            retry: Retry::new(settings.retries),
+            disk: Arc::new(Statvfs(image_fs.mountpoint)),
+            disk_path,
+            settings,
+            containerd,
+            cri,
+            registries,
+            snapshotter,
+        })
+    }
+
+    /// Resolves an image: top manifest or index, the platform manifest and
+    /// the config, all as raw bytes.
+    pub async fn resolve(&self, entry: &ImageEntry) -> Result<Resolved, PullError> {
+        let reference = &entry.reference;
+        let fetch = |what: String| async move {
+            self.retry
+                .run(
+                    &format!("fetching manifest {what} of {reference}"),
+                    RegistryError::is_retryable,
+                    |_| self.registries.fetch_manifest(reference, &what),
+                )
+                .await
+        };
+        let top = fetch(reference.manifest_reference().to_string()).await?;
+        let source_host = top.host.clone();
+        let top_media = manifest::sniff_media_type(&top.media_type, &top.bytes);
+        let small = |media_type: String, digest: String, bytes: Bytes| SmallBlob {
+            desc: Desc {
+                media_type,
+                size: bytes.len() as i64,
+                digest,
+            },
+            bytes,
+        };
+        let (index, manifest) = if manifest::is_index(&top_media) {
+            let idx = manifest::Index::parse(&top.digest, &top.bytes)?;
+            let chosen = manifest::select_manifest(&top.digest, &idx, &self.settings.platform)?;
+            let m = fetch(chosen.digest.clone()).await?;
+            let media = manifest::sniff_media_type(&m.media_type, &m.bytes);
+            (
+                Some(small(top_media, top.digest, top.bytes)),
+                small(media, m.digest, m.bytes),
+            )
+        } else if manifest::is_manifest(&top_media) {
+            (None, small(top_media, top.digest, top.bytes))
+        } else {
+            return Err(manifest::ManifestError::MediaType {
+                digest: top.digest,
+                media_type: top_media,
+            }
+            .into());
+        };
+        let parsed = manifest::Manifest::parse(&manifest.desc.digest, &manifest.bytes)?;
+        let config_bytes = self.fetch_small(reference, &parsed.config).await?;
+        let config = manifest::ImageConfig::parse(&parsed.config.digest, &config_bytes)?;
+        if config.rootfs.diff_ids.len() != parsed.layers.len() {
+            return Err(manifest::ManifestError::Invalid {
+                what: "config",
+                digest: parsed.config.digest.clone(),
+                why: format!(
+                    "{} diff_ids for {} layers",
+                    config.rootfs.diff_ids.len(),
+                    parsed.layers.len()
+                ),
+            }
+            .into());
+        }
+        let chain_ids = manifest::chain_ids(&config.rootfs.diff_ids);
+        Ok(Resolved {
+            entry: entry.clone(),
+            index,
+            manifest,
+            config: small(
+                parsed.config.media_type.clone(),
+                parsed.config.digest.clone(),
+                config_bytes,
+            ),
+            layers: parsed
+                .layers
+                .iter()
+                .map(|l| Desc {
+                    media_type: l.media_type.clone(),
+                    digest: l.digest.clone(),
+                    size: l.size,
+                })
+                .collect(),
+            diff_ids: config.rootfs.diff_ids,
+            chain_ids,
+            source_host,
+        })
+    }
+
+    /// Downloads a small blob into memory and checks its digest.
+    async fn fetch_small(
+        &self,
+        reference: &Reference,
+        d: &manifest::Descriptor,
+    ) -> Result<Bytes, PullError> {
+        self.retry
+            .run(
+                &format!("fetching {} of {reference}", d.digest),
+                PullError::is_retryable,
+                |_| async {
+                    let mut blob = self.registries.open_blob(reference, &d.digest, 0).await?;
+                    let mut buf = Vec::with_capacity(d.size.max(0) as usize);
+                    while let Some(chunk) = blob.stream.next().await {
+                        let chunk: Bytes = chunk?;
+                        buf.extend_from_slice(&chunk);
+                        if buf.len() as i64 > d.size {
+                            break;
+                        }
+                    }
+                    let got = format!("sha256:{}", hex::encode(Sha256::digest(&buf)));
+                    if got != d.digest || buf.len() as i64 != d.size {
+                        return Err(PullError::Blob {
+                            reference: reference.to_string(),
+                            digest: d.digest.clone(),
+                            message: format!("received {} bytes hashing to {got}", buf.len()),
+                        });
+                    }
+                    Ok(Bytes::from(buf))
+                },
+            )
+            .await
+    }
+
+    /// Is the image complete in containerd and recorded under every name?
+    pub async fn is_present(&self, r: &Resolved) -> Result<bool, ContainerdError> {
+        let top = &r.top().desc.digest;
+        for name in r.record_names() {
+            match self.containerd.image_get(&name).await? {
+                Some(img) if img.target.as_ref().is_some_and(|t| &t.digest == top) => {
+                    if self.settings.pin
+                        && img.labels.get(PINNED_LABEL).map(String::as_str) != Some("pinned")
+                    {
+                        return Ok(false);
+                    }
+                }
+                _ => return Ok(false),
+            }
+        }
+        match r.chain_ids.last() {
+            Some(top_chain) => {
+                self.containerd
+                    .snapshot_exists(&self.snapshotter, top_chain)
+                    .await
+            }
+            None => Ok(true),
+        }
+    }
+
+    /// The disk budget now.
+    pub fn budget(&self) -> Result<Budget, crate::disk::DiskError> {
+        let u = self.disk.usage()?;
+        Ok(Budget {
+            total: u.total,
+            available: u.available,
+            reserve: self.settings.reserve,
+            max_usage_percent: self.settings.max_usage_percent,
+        })
+    }
+
+    /// Resolves every listed image and checks which are present.
+    async fn prepare(&self) -> Vec<Prepared> {
+        let n = self.settings.concurrency.get() as usize * 2;
+        futures_util::stream::iter(self.settings.images.iter())
+            .map(|entry| async move {
+                match self.resolve(entry).await {
+                    Ok(r) => match self.is_present(&r).await {
+                        Ok(present) => Prepared::Ready(Box::new(r), present),
+                        Err(e) => Prepared::Failed(e.to_string()),
+                    },
+                    Err(e) => Prepared::Failed(e.to_string()),
+                }
+            })
+            .buffered(n.max(1))
+            .collect()
+            .await
+    }
+
+    /// `prewarm plan`: what a pull would do, without writing anything.
+    pub async fn plan(&self) -> Result<Vec<PlannedImage>, crate::disk::DiskError> {
+        let prepared = self.prepare().await;
+        let budget = self.budget()?;
+        Ok(self.decide(prepared, budget))
+    }
+
+    fn decide(&self, prepared: Vec<Prepared>, budget: Budget) -> Vec<PlannedImage> {
+        let ratio = self.settings.unpack_ratio;
+        let candidates: Vec<Candidate> = prepared
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| match p {
+                Prepared::Ready(r, present) => Some(Candidate {
+                    position: i,
+                    priority: r.entry.priority,
+                    required: r.entry.required,
+                    present: *present,
+                    compressed: r.compressed_size(),
+                    unpacked: r.unpacked_estimate(ratio),
+                }),
+                Prepared::Failed(_) => None,
+            })
+            .collect();
+        let steps = plan::plan(&candidates, budget);
+        let mut slots: Vec<Option<Prepared>> = prepared.into_iter().map(Some).collect();
+        let mut out = Vec::with_capacity(slots.len());
+        for step in steps {
+            if let Some(Prepared::Ready(r, _)) = slots[step.position].take() {
+                out.push(PlannedImage {
+                    entry: r.entry.clone(),
+                    resolved: Some(r),
+                    decision: Ok(step.decision),
+                    need: step.need,
+                });
+            }
+        }
+        for (i, slot) in slots.into_iter().enumerate() {
+            if let Some(Prepared::Failed(why)) = slot {
+                out.push(PlannedImage {
+                    entry: self.settings.images[i].clone(),
+                    resolved: None,
+                    decision: Err(why),
+                    need: 0,
+                });
+            }
+        }
+        out
+    }
+
+    /// `prewarm pull`: the whole run, bounded by the deadline.
+    pub async fn pull(
+        &self,
+        started: Instant,
+        stop: impl std::future::Future<Output = String>,
+    ) -> Report {
+        let started_at = crate::containerd::rfc3339(std::time::SystemTime::now());
+        let deadline = self.settings.deadline;
+        let mut results: Vec<Option<ImageReport>> = Vec::new();
+        let mut planned: Vec<PlannedImage> = Vec::new();
+        let interrupted = {
+            let work = async {
+                let prepared = self.prepare().await;
+                let budget = match self.budget() {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::error!(%e, "reading disk usage");
+                        return;
+                    }
+                };
+                planned = self.decide(prepared, budget);
+                results = vec![None; planned.len()];
+                let results_ref = &std::sync::Mutex::new(&mut results);
+                let conc = self.settings.concurrency.get() as usize;
+                futures_util::stream::iter(planned.iter().enumerate())
+                    .for_each_concurrent(conc, |(i, p)| async move {
+                        let report = self.execute(p).await;
+                        if let Ok(mut g) = results_ref.lock() {
+                            g[i] = Some(report);
+                        }
+                    })
+                    .await;
+            };
+            tokio::select! {
+                _ = work => None,
+                _ = tokio::time::sleep(deadline) => Some(format!("deadline of {deadline:?} passed")),
+                why = stop => Some(why),
+            }
+        };
+        let images: Vec<ImageReport> = if planned.is_empty() {
+            self.settings
+                .images
+                .iter()
+                .map(|e| unfinished(e, interrupted.as_deref().unwrap_or("not started")))
+                .collect()
+        } else {
+            planned
+                .iter()
+                .zip(results.iter())
+                .map(|(p, r)| match r {
+                    Some(r) => r.clone(),
+                    None => {
+                        let mut u =
+                            unfinished(&p.entry, interrupted.as_deref().unwrap_or("not run"));
+                        if let Some(r) = &p.resolved {
+                            u.digest = Some(r.top().desc.digest.clone());
+                            u.image_id = Some(r.image_id().to_string());
+                            u.size = r.compressed_size();
+                        }
+                        u
+                    }
+                })
+                .collect()
+        };
+        let summary = Summary::of(&images, started.elapsed().as_secs_f64());
+        Report {
+            version: 1,
+            started_at,
+            finished_at: crate::containerd::rfc3339(std::time::SystemTime::now()),
+            platform: self.settings.platform.to_string(),
+            snapshotter: self.snapshotter.clone(),
+            bandwidth: self.settings.bandwidth.map(|b| b.get()),
+            interrupted,
+            images,
+            summary,
+        }
+    }
+
+    /// Carries out one planned step.
+    async fn execute(&self, p: &PlannedImage) -> ImageReport {
+        let t0 = Instant::now();
+        let mut report = unfinished(&p.entry, "");
+        report.reason = None;
+        if let Some(r) = &p.resolved {
+            report.digest = Some(r.top().desc.digest.clone());
+            report.image_id = Some(r.image_id().to_string());
+            report.size = r.compressed_size();
+        }
+        match (&p.decision, &p.resolved) {
+            (Err(why), _) => {
+                report.status = ImageStatus::Failed;
+                report.reason = Some(why.clone());
+            }
+            (Ok(Decision::Pull), None) => {
+                report.status = ImageStatus::Failed;
+                report.reason = Some("not resolved".into());
+            }
+            (Ok(Decision::Present), _) => report.status = ImageStatus::Present,
+            (Ok(Decision::Skip(reason)), _) => {
+                report.status = ImageStatus::Skipped;
+                report.reason = Some(format!(
+                    "{}: needs about {} bytes, more than the disk budget left",
+                    serde_json::to_value(reason)
+                        .ok()
+                        .and_then(|v| v.as_str().map(String::from))
+                        .unwrap_or_default(),
+                    p.need
+                ));
+            }
+            (Ok(Decision::Pull), Some(r)) => {
+                let mut bytes = 0u64;
+                match self.pull_image(r, &mut bytes).await {
+                    Ok(()) => report.status = ImageStatus::Pulled,
+                    Err(e) => {
+                        tracing::error!(image = %p.entry.reference, error = %e, "pull failed");
+                        report.status = ImageStatus::Failed;
+                        report.reason = Some(e.to_string());
+                    }
+                }
+                report.bytes = bytes;
+            }
+        }
+        report.seconds = t0.elapsed().as_secs_f64();
+        tracing::info!(
+            image = %p.entry.reference,
+            status = ?report.status,
+            bytes = report.bytes,
+            seconds = report.seconds,
+            reason = report.reason.as_deref().unwrap_or(""),
+            "image done"
+        );
+        report
+    }
+
+    /// Pulls one image under its own lease. `downloaded` counts bytes
+    /// received from the registry.
+    pub async fn pull_image(&self, r: &Resolved, downloaded: &mut u64) -> Result<(), PullError> {
+        let name = r.entry.reference.to_string();
+        let lease = lease_id(&name, &r.top().desc.digest);
+        let resumed = self
+            .containerd
+            .lease_create(&lease, self.settings.deadline + Duration::from_secs(3600))
+            .await?;
+        if resumed {
+            tracing::info!(image = %name, %lease, "resuming under an existing lease");
+        }
+        let source = self.source_label(r);
+
+        // Manifests and config, from memory, with their GC references.
+        let mut manifest_labels = source.clone();
+        manifest_labels.insert(
+            "containerd.io/gc.ref.content.config".into(),
+            r.config.desc.digest.clone(),
+        );
+        for (i, l) in r.layers.iter().enumerate() {
+            manifest_labels.insert(
+                format!("containerd.io/gc.ref.content.l.{i}"),
+                l.digest.clone(),
+            );
+        }
+        self.store_small("config", &r.config, &lease, source.clone())
+            .await?;
+        self.store_small("manifest", &r.manifest, &lease, manifest_labels)
+            .await?;
+        if let Some(index) = &r.index {
+            let mut labels = source.clone();
+            labels.insert(
+                "containerd.io/gc.ref.content.m.0".into(),
+                r.manifest.desc.digest.clone(),
+            );
+            self.store_small("index", index, &lease, labels).await?;
+        }
+
+        // Layers: downloads run ahead (bounded), unpacking follows in order.
+        let (tx, mut rx) = tokio::sync::mpsc::channel(r.layers.len().max(1));
+        let producer = async {
+            let mut fetched = futures_util::stream::iter(r.layers.iter())
+                .map(|layer| self.fetch_layer(&r.entry.reference, layer, &lease, source.clone()))
+                .buffered(self.settings.layer_concurrency.get() as usize);
+            while let Some(result) = fetched.next().await {
+                if tx.send(result).await.is_err() {
+                    break;
+                }
+            }
+        };
+        let consumer = async {
+            let mut parent = String::new();
+            for (i, layer) in r.layers.iter().enumerate() {
+                let got = rx.recv().await.ok_or_else(|| PullError::Blob {
+                    reference: name.clone(),
+                    digest: layer.digest.clone(),
+                    message: "download stopped".into(),
+                })??;
+                *downloaded += got;
+                let chain = &r.chain_ids[i];
+                self.containerd
+                    .unpack_layer(
+                        &self.snapshotter,
+                        layer,
+                        &r.diff_ids[i],
+                        chain,
+                        &parent,
+                        &lease,
+                    )
+                    .await?;
+                self.containerd
+                    .content_label(
+                        &layer.digest,
+                        HashMap::from([(
+                            "containerd.io/uncompressed".into(),
+                            r.diff_ids[i].clone(),
+                        )]),
+                    )
+                    .await?;
+                parent = chain.clone();
+            }
+            Ok::<(), PullError>(())
+        };
+        tokio::pin!(producer, consumer);
+        let mut producer_done = false;
+        loop {
+            tokio::select! {
+                _ = &mut producer, if !producer_done => producer_done = true,
+                result = &mut consumer => break result?,
+            }
+        }
+        if let Some(top_chain) = r.chain_ids.last() {
+            self.containerd
+                .content_label(
+                    &r.config.desc.digest,
+                    HashMap::from([(
+                        format!("containerd.io/gc.ref.snapshot.{}", self.snapshotter),
+                        top_chain.clone(),
+                    )]),
+                )
+                .await?;
+        }
+
+        // Records last, once everything they point at exists.
+        let mut labels = HashMap::from([(MANAGED_LABEL.to_string(), "managed".to_string())]);
+        if self.settings.pin {
+            labels.insert(PINNED_LABEL.into(), "pinned".into());
+        }
+        labels.insert(PREWARM_LABEL.into(), "true".into());
+        for record in r.record_names() {
+            self.containerd
+                .image_put(&record, &r.top().desc, &labels)
+                .await?;
+        }
+        self.containerd.lease_delete(&lease).await?;
+        self.wait_visible(r).await
+    }
+
+    /// Waits (bounded) until CRI answers for the image by every name.
+    async fn wait_visible(&self, r: &Resolved) -> Result<(), PullError> {
+        let until = Instant::now() + CRI_VISIBLE_WITHIN;
+        for name in r.record_names() {
+            loop {
+                match self.cri.image_status(&name).await {
+                    Ok(Some(img)) if img.id == r.image_id() => break,
+                    Ok(_) if Instant::now() < until => {}
+                    Err(e) if Instant::now() < until => tracing::debug!(%e, "CRI not ready"),
+                    _ => {
+                        return Err(PullError::NotVisible {
+                            name,
+                            within: CRI_VISIBLE_WITHIN,
+                        })
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Ok(())
+    }
+
+    fn source_label(&self, r: &Resolved) -> HashMap<String, String> {
+        let host = r
+            .entry
+            .reference
+            .domain
+            .split(':')
+            .next()
+            .unwrap_or_default();
+        HashMap::from([(
+            format!("containerd.io/distribution.source.{host}"),
+            r.entry.reference.repository.clone(),
+        )])
+    }
+
+    /// Stores an in-memory blob under its Go-client ref name.
+    async fn store_small(
+        &self,
+        kind: &str,
+        b: &SmallBlob,
+        lease: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<(), PullError> {
+        let reference = format!("{kind}-{}", b.desc.digest);
+        self.retry
+            .run(
+                &format!("storing {reference}"),
+                PullError::is_retryable,
+                |_| {
+                    let labels = labels.clone();
+                    let reference = reference.clone();
+                    async move {
+                        match self
+                            .containerd
+                            .content_writer(&reference, &b.desc, lease)
+                            .await?
+                        {
+                            (WriteStart::Exists, _) | (_, None) => {
+                                self.containerd
+                                    .content_label(&b.desc.digest, labels)
+                                    .await?;
+                            }
+                            (WriteStart::At(_), Some(mut w)) => {
+                                w.write_at(0, b.bytes.to_vec()).await?;
+                                if let Err(e) = w.commit(labels).await {
+                                    self.containerd.content_abort(&reference).await?;
+                                    return Err(e.into());
+                                }
+                            }
+                        }
+                        Ok(())
+                    }
+                },
+            )
+            .await
+    }
+
+    /// Downloads a layer into the content store, resuming a partial ingest
+    /// with a Range request. Returns the bytes received.
+    async fn fetch_layer(
+        &self,
+        image: &Reference,
+        layer: &Desc,
+        lease: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<u64, PullError> {
+        let reference = format!("layer-{}", layer.digest);
+        let received = std::sync::atomic::AtomicU64::new(0);
+        let received = &received;
+        self.retry
+            .run(&format!("fetching {reference}"), PullError::is_retryable, |_| {
+                let labels = labels.clone();
+                let reference = reference.clone();
+                async move {
+                    let (start, writer) = self.containerd.content_writer(&reference, layer, lease).await?;
+                    let mut w = match (start, writer) {
+                        (WriteStart::Exists, _) | (_, None) => {
+                            self.containerd.content_label(&layer.digest, labels).await?;
+                            return Ok(());
+                        }
+                        (WriteStart::At(_), Some(w)) => w,
+                    };
+                    let offset = w.offset();
+                    if offset < layer.size.max(0) as u64 {
+                        let blob = self.registries.open_blob(image, &layer.digest, offset).await?;
+                        if offset > 0 {
+                            tracing::info!(%reference, offset, start = blob.start, "resuming layer");
+                        }
+                        let mut pos = blob.start;
+                        let mut since_check = 0u64;
+                        let mut buf = Vec::with_capacity(CHUNK);
+                        let mut stream = blob.stream;
+                        loop {
+                            let next = stream.next().await;
+                            let done = next.is_none();
+                            if let Some(chunk) = next {
+                                let chunk = chunk?;
+                                received.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                                self.bandwidth.take(chunk.len() as u64).await;
+                                buf.extend_from_slice(&chunk);
+                            }
+                            if buf.len() >= CHUNK || (done && !buf.is_empty()) {
+                                let len = buf.len() as u64;
+                                w.write_at(pos, std::mem::replace(&mut buf, Vec::with_capacity(CHUNK)))
+                                    .await?;
+                                pos += len;
+                                since_check += len;
+                                if since_check >= DISK_CHECK_EVERY {
+                                    since_check = 0;
+                                    self.check_reserve()?;
+                                }
+                            }
+                            if done {
+                                break;
+                            }
+                        }
+                    }
+                    if let Err(e) = w.commit(labels).await {
+                        // A digest or size mismatch: start that blob over.
+                        self.containerd.content_abort(&reference).await?;
+                        return Err(PullError::Blob {
+                            reference: image.to_string(),
+                            digest: layer.digest.clone(),
+                            message: format!("rejected at commit, will download again: {e}"),
+                        });
+                    }
+                    Ok(())
+                }
+            })
+            .await?;
+        Ok(received.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    fn check_reserve(&self) -> Result<(), PullError> {
+        let u = self.disk.usage()?;
+        if u.available < self.settings.reserve {
+            return Err(PullError::DiskFull {
+                path: self.disk_path.clone(),
+                available: u.available,
+                reserve: self.settings.reserve,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Label CRI puts on images it manages.
+pub const MANAGED_LABEL: &str = "io.cri-containerd.image";
+/// Label that keeps kubelet's image GC off an image (containerd ≥ 1.7).
+pub const PINNED_LABEL: &str = "io.cri-containerd.pinned";
+/// Label marking records prewarm wrote.
+pub const PREWARM_LABEL: &str = "io.prewarm.preloaded";
+
+/// One image with its plan decision (or why it could not be planned).
+#[derive(Debug)]
+pub struct PlannedImage {
+    pub entry: ImageEntry,
+    pub resolved: Option<Box<Resolved>>,
+    pub decision: Result<Decision, String>,
+    pub need: u64,
+}
+
+fn unfinished(e: &ImageEntry, why: &str) -> ImageReport {
+    ImageReport {
+        reference: e.reference.to_string(),
+        required: e.required,
+        priority: e.priority,
+        digest: None,
+        image_id: None,
+        status: ImageStatus::Failed,
+        reason: Some(why.to_string()),
+        bytes: 0,
+        size: 0,
+        seconds: 0.0,
+    }
+}
+
+/// A deterministic lease id per image, so a re-run finds the lease (and the
+/// partial ingests under it) of a run that crashed.
+pub fn lease_id(name: &str, top_digest: &str) -> String {
+    let h = hex::encode(Sha256::digest(format!("{name}\n{top_digest}").as_bytes()));
+    format!("prewarm-{}", &h[..24])
+}
+
+/// The platform as text, for reports.
+pub fn platform_string(p: &Platform) -> String {
+    p.to_string()
+}

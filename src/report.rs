@@ -1,0 +1,210 @@
+//! The run report: one JSON file, written atomically, that the untaint step
+//! and operators read; and the one summary line at the end of a run.
+
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::Path;
+
+/// What happened to one image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ImageStatus {
+    /// Pulled in this run.
+    Pulled,
+    /// Already complete before this run.
+    Present,
+    /// Not pulled on purpose; `reason` says why.
+    Skipped,
+    /// Tried and failed; `reason` says why.
+    Failed,
+}
+
+/// One image in the report.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ImageReport {
+    #[serde(rename = "ref")]
+    pub reference: String,
+    pub required: bool,
+    pub priority: i32,
+    /// The digest the reference resolved to (index or manifest).
+    pub digest: Option<String>,
+    /// The image ID kubelet reports: the config digest.
+    pub image_id: Option<String>,
+    pub status: ImageStatus,
+    pub reason: Option<String>,
+    /// Bytes downloaded in this run.
+    pub bytes: u64,
+    /// Compressed size of the image.
+    pub size: u64,
+    pub seconds: f64,
+}
+
+/// Totals over a run.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Summary {
+    pub planned: usize,
+    pub pulled: usize,
+    pub present: usize,
+    pub skipped: usize,
+    pub failed: usize,
+    pub required_missing: usize,
+    pub bytes: u64,
+    pub seconds: f64,
+}
+
+/// The whole report.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Report {
+    pub version: u32,
+    pub started_at: String,
+    pub finished_at: String,
+    pub platform: String,
+    pub snapshotter: String,
+    /// Configured bandwidth cap in bytes/s, if any.
+    pub bandwidth: Option<u64>,
+    /// Set when the run stopped early (deadline, signal).
+    pub interrupted: Option<String>,
+    pub images: Vec<ImageReport>,
+    pub summary: Summary,
+}
+
+impl Summary {
+    /// Totals for `images` over `seconds`.
+    pub fn of(images: &[ImageReport], seconds: f64) -> Self {
+        let count = |s| images.iter().filter(|i| i.status == s).count();
+        Summary {
+            planned: images.len(),
+            pulled: count(ImageStatus::Pulled),
+            present: count(ImageStatus::Present),
+            skipped: count(ImageStatus::Skipped),
+            failed: count(ImageStatus::Failed),
+            required_missing: images
+                .iter()
+                .filter(|i| {
+                    i.required && !matches!(i.status, ImageStatus::Pulled | ImageStatus::Present)
+                })
+                .count(),
+            bytes: images.iter().map(|i| i.bytes).sum(),
+            seconds,
+        }
+    }
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "images planned={} pulled={} present={} skipped={} failed={} required-missing={} bytes={} seconds={:.1}",
+            self.planned,
+            self.pulled,
+            self.present,
+            self.skipped,
+            self.failed,
+            self.required_missing,
+            self.bytes,
+            self.seconds
+        )
+    }
+}
+
+/// Writes `bytes` to `path` atomically: temp file, fsync, rename, fsync
+/// the directory. Creates the directory if needed.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "report".into());
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+impl Report {
+    /// Writes the report as pretty JSON, atomically.
+    pub fn write(&self, path: &Path) -> std::io::Result<()> {
+        let mut json = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        json.push(b'\n');
+        write_atomic(path, &json)
+    }
+
+    /// Reads a report written by [`Report::write`].
+    pub fn read(path: &Path) -> Result<Self, String> {
+        let bytes = std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+        serde_json::from_slice(&bytes).map_err(|e| format!("parsing {}: {e}", path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn img(status: ImageStatus, required: bool, bytes: u64) -> ImageReport {
+        ImageReport {
+            reference: "r".into(),
+            required,
+            priority: 0,
+            digest: None,
+            image_id: None,
+            status,
+            reason: None,
+            bytes,
+            size: bytes,
+            seconds: 0.0,
+        }
+    }
+
+    #[test]
+    fn summary_counts_required_missing() {
+        let images = [
+            img(ImageStatus::Pulled, true, 10),
+            img(ImageStatus::Present, true, 0),
+            img(ImageStatus::Skipped, true, 0),
+            img(ImageStatus::Failed, false, 3),
+        ];
+        let s = Summary::of(&images, 1.25);
+        assert_eq!((s.pulled, s.present, s.skipped, s.failed), (1, 1, 1, 1));
+        assert_eq!(s.required_missing, 1);
+        assert_eq!(s.bytes, 13);
+        assert_eq!(
+            s.to_string(),
+            "images planned=4 pulled=1 present=1 skipped=1 failed=1 required-missing=1 bytes=13 seconds=1.2"
+        );
+    }
+
+    #[test]
+    fn atomic_write_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/report.json");
+        let r = Report {
+            version: 1,
+            started_at: "a".into(),
+            finished_at: "b".into(),
+            platform: "linux/amd64".into(),
+            snapshotter: "overlayfs".into(),
+            bandwidth: Some(5),
+            interrupted: None,
+            images: vec![img(ImageStatus::Pulled, true, 1)],
+            summary: Summary::default(),
+        };
+        r.write(&path).unwrap();
+        assert_eq!(Report::read(&path).unwrap(), r);
+        assert_eq!(
+            std::fs::read_dir(path.parent().unwrap()).unwrap().count(),
+            1
+        );
+    }
+}

@@ -1,0 +1,174 @@
+//! Shared set-up for integration tests: a real containerd and a real
+//! registry on temporary paths, and the prewarm binary run as operators
+//! run it.
+#![allow(dead_code)]
+
+use prewarm::containerd::Containerd as Client;
+use prewarm::cri::Cri;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+use testbed::{Compression, Containerd, Format, ImageSpec, LayerSpec, PushedImage, Registry};
+
+/// A containerd and a registry, torn down (by PID) on drop.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub containerd: Containerd,
+    pub registry: Registry,
+}
+
+impl Env {
+    pub fn start() -> Env {
+        let dir = tempfile::Builder::new()
+            .prefix("pw")
+            .tempdir_in("/tmp")
+            .expect("temp dir");
+        let containerd = Containerd::start(&dir.path().join("c")).expect("starting containerd");
+        let registry = Registry::start(&dir.path().join("r")).expect("starting registry");
+        Env {
+            dir,
+            containerd,
+            registry,
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Writes a config fragment pointing at this containerd and listing
+    /// `images` (ref, required), plus `pull` lines inside `[pull]` and
+    /// `extra` TOML tables.
+    pub fn config_with(&self, images: &[(&str, bool)], pull: &str, extra: &str) -> PathBuf {
+        let mut text = format!(
+            "version = 1\n[containerd]\nsocket = {:?}\n[registry]\nconfig-path = {:?}\nauth-file = {:?}\n[pull]\nreport = {:?}\n{pull}\n",
+            self.containerd.socket,
+            self.path("certs.d"),
+            self.path("auth.json"),
+            self.path("report.json"),
+        );
+        text.push_str(extra);
+        for (r, required) in images {
+            text.push_str(&format!("[[images]]\nref = {r:?}\nrequired = {required}\n"));
+        }
+        let path = self.path("prewarm.toml");
+        std::fs::write(&path, text).expect("writing config");
+        path
+    }
+
+    /// [`Env::config_with`] with three retries.
+    pub fn config(&self, images: &[(&str, bool)], extra: &str) -> PathBuf {
+        self.config_with(images, "retries = 3", extra)
+    }
+
+    /// Runs the prewarm binary with `args` and this env's config root.
+    pub fn prewarm(&self, args: &[&str]) -> Output {
+        let root = self.path("root");
+        std::fs::create_dir_all(&root).expect("config root");
+        let out = Command::new(env!("CARGO_BIN_EXE_prewarm"))
+            .arg("--config-root")
+            .arg(&root)
+            .args(args)
+            .output()
+            .expect("running prewarm");
+        eprintln!(
+            "prewarm {args:?} → {:?}\n--- stderr\n{}--- stdout\n{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        out
+    }
+
+    pub fn report(&self) -> prewarm::report::Report {
+        prewarm::report::Report::read(&self.path("report.json")).expect("reading report")
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.containerd.socket, "k8s.io", Duration::from_secs(10))
+            .await
+            .expect("connecting to test containerd")
+    }
+
+    /// Asserts kubelet's view: CRI finds the image by tag and by digest,
+    /// with the expected image ID, and every layer is unpacked.
+    pub async fn assert_visible(&self, img: &PushedImage, manifest_index: usize) {
+        let client = self.client().await;
+        let cri = Cri::new(client.channel());
+        let reference = prewarm::reference::Reference::parse(&img.reference).unwrap();
+        let built = &img.manifests[manifest_index];
+        for name in [
+            reference.tag_name().unwrap(),
+            reference.digest_name(&img.top_digest),
+            built.config_digest.clone(),
+        ] {
+            let seen = testbed::poll_until(
+                &format!("CRI to see {name}"),
+                Duration::from_secs(10),
+                || {
+                    Ok(tokio::task::block_in_place(|| {
+                        tokio::runtime::Handle::current().block_on(cri.image_status(&name))
+                    })?)
+                },
+            )
+            .unwrap();
+            assert_eq!(seen.id, built.config_digest, "{name}");
+        }
+        for layer in &built.layer_digests {
+            let info = client.content_info(layer).await.unwrap();
+            assert!(info.is_some(), "layer {layer} in the content store");
+        }
+        let chain = prewarm::manifest::chain_ids(&built.diff_ids);
+        let snapshotter = cri.image_fs().await.unwrap().snapshotter;
+        for c in &chain {
+            assert!(
+                client.snapshot_exists(&snapshotter, c).await.unwrap(),
+                "snapshot {c}"
+            );
+        }
+    }
+}
+
+/// Small test layers of each compression.
+pub fn layers(seed: u64, kinds: &[Compression], size: usize) -> Vec<LayerSpec> {
+    kinds
+        .iter()
+        .enumerate()
+        .map(|(i, c)| LayerSpec {
+            files: vec![
+                (
+                    format!("layer{i}/data.bin"),
+                    testbed::random_bytes(seed + i as u64, size),
+                ),
+                (
+                    format!("layer{i}/README"),
+                    format!("layer {i} of seed {seed}\n").into_bytes(),
+                ),
+            ],
+            compression: *c,
+        })
+        .collect()
+}
+
+pub fn linux(arch: &str, variant: Option<&str>, layers: Vec<LayerSpec>) -> ImageSpec {
+    ImageSpec {
+        layers,
+        os: "linux".into(),
+        arch: arch.into(),
+        variant: variant.map(Into::into),
+    }
+}
+
+pub fn push(
+    host: &str,
+    repo_tag: &str,
+    images: &[ImageSpec],
+    format: Format,
+    work: &Path,
+) -> PushedImage {
+    testbed::push_image(host, repo_tag, images, format, work, None).expect("pushing test image")
+}
+
+pub fn exit_code(o: &Output) -> i32 {
+    o.status.code().unwrap_or(-1)
+}

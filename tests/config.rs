@@ -1,0 +1,101 @@
+//! Every invalid-config fixture fails `check-config` with exit code 2 and
+//! an error naming the file and what is wrong; valid fragments merge in
+//! order.
+
+use std::path::Path;
+use std::process::Command;
+
+fn check_config(root: &Path, extra: Option<&Path>) -> (i32, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_prewarm"));
+    cmd.arg("--config-root").arg(root);
+    if let Some(p) = extra {
+        cmd.arg("--config").arg(p);
+    }
+    let out = cmd.arg("check-config").output().expect("running prewarm");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn every_bad_fixture_is_refused_with_file_and_key() {
+    let empty = tempfile::tempdir().unwrap();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/config");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if !name.ends_with(".toml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let Some(expect) = text
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("# expect: "))
+        else {
+            continue;
+        };
+        let (code, _, stderr) = check_config(empty.path(), Some(&path));
+        assert_eq!(code, 2, "{name}: {stderr}");
+        assert!(
+            stderr.contains(expect),
+            "{name}: want {expect:?} in {stderr}"
+        );
+        if !name.starts_with("no-images") {
+            assert!(
+                stderr.contains(&name),
+                "{name}: the error names the file: {stderr}"
+            );
+        }
+        assert_eq!(
+            stderr.lines().count(),
+            1,
+            "{name}: one clear line: {stderr}"
+        );
+        checked += 1;
+    }
+    assert!(checked >= 15, "only {checked} fixtures checked");
+}
+
+#[test]
+fn fragments_merge_in_directory_order() {
+    let root = tempfile::tempdir().unwrap();
+    let write = |rel: &str, text: &str| {
+        let p = root.path().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    };
+    write(
+        "usr/lib/prewarm/config.d/10-defaults.toml",
+        "version = 1\n[[images]]\nref = \"a\"\n",
+    );
+    write(
+        "run/prewarm/config.d/20-runtime.toml",
+        "version = 1\n[[images]]\nref = \"b\"\n",
+    );
+    write(
+        "etc/prewarm/config.d/30-site.toml",
+        "version = 1\n[[images]]\nref = \"c\"\n",
+    );
+    write("etc/prewarm/config.d/ignored.conf", "not toml at all");
+    let (code, stdout, stderr) = check_config(root.path(), None);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("3 images from 3 fragment(s)"), "{stdout}");
+    let order: Vec<&str> = stdout.lines().skip(1).map(str::trim).collect();
+    assert!(
+        order[0].ends_with("10-defaults.toml") && order[2].ends_with("30-site.toml"),
+        "{stdout}"
+    );
+
+    // A broken site fragment is refused even though the defaults are fine.
+    write(
+        "etc/prewarm/config.d/40-broken.toml",
+        "version = 1\n[pull]\nretries = -1\n",
+    );
+    let (code, _, stderr) = check_config(root.path(), None);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("40-broken.toml"), "{stderr}");
+}

@@ -1,0 +1,190 @@
+//! `prewarm pull` against a real containerd and a real registry: every
+//! image kind lands, kubelet (CRI) sees it by tag and by digest, a re-run
+//! changes nothing, and `plan` writes nothing.
+
+mod common;
+
+use common::*;
+use prewarm::report::ImageStatus;
+use testbed::{
+    Compression::{self, Gzip, Zstd},
+    Format,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulls_every_image_kind_and_cri_sees_tag_and_digest() {
+    let env = Env::start();
+    let host = env.registry.host();
+    let work = env.path("images");
+    let mixed = push(
+        &host,
+        "ml/mixed:1.0",
+        &[linux(
+            "amd64",
+            None,
+            layers(1, &[Gzip, Zstd, Compression::None, Gzip], 256 << 10),
+        )],
+        Format::Oci,
+        &work,
+    );
+    let multi = push(
+        &host,
+        "tools/multi:2",
+        &[
+            linux("arm64", Some("v8"), layers(10, &[Gzip], 64 << 10)),
+            linux("amd64", None, layers(20, &[Gzip, Gzip], 64 << 10)),
+            linux("arm", Some("v7"), layers(30, &[Gzip], 64 << 10)),
+        ],
+        Format::Oci,
+        &work,
+    );
+    let docker = push(
+        &host,
+        "legacy/app:v3",
+        &[linux("amd64", None, layers(40, &[Gzip, Gzip], 128 << 10))],
+        Format::DockerV2S2,
+        &work,
+    );
+    let docker_list = push(
+        &host,
+        "legacy/multi:v1",
+        &[
+            linux("amd64", None, layers(50, &[Gzip], 64 << 10)),
+            linux("arm64", None, layers(60, &[Gzip], 64 << 10)),
+        ],
+        Format::DockerV2S2,
+        &work,
+    );
+    assert!(multi.is_index && docker_list.is_index && !mixed.is_index);
+    let pinned = format!("{host}/legacy/app@{}", docker.top_digest);
+    let config = env.config(
+        &[
+            (&mixed.reference, true),
+            (&multi.reference, true),
+            (&docker.reference, false),
+            (&docker_list.reference, true),
+            (&pinned, true),
+        ],
+        "",
+    );
+    let config = config.to_str().unwrap();
+
+    // plan writes nothing: no records, no report.
+    let out = env.prewarm(&["plan", "--config", config]);
+    assert_eq!(exit_code(&out), 0);
+    let plan = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        plan.lines().filter(|l| l.contains(" pull ")).count(),
+        5,
+        "{plan}"
+    );
+    assert!(
+        plan.contains(&multi.top_digest),
+        "plan names resolved digests: {plan}"
+    );
+    assert_eq!(
+        env.containerd.ctr(&["images", "ls", "-q"]).unwrap().trim(),
+        ""
+    );
+    assert!(!env.path("report.json").exists());
+
+    let out = env.prewarm(&["pull", "--config", config]);
+    assert_eq!(exit_code(&out), 0);
+    let report = env.report();
+    assert_eq!(report.summary.pulled, 5, "{report:#?}");
+    assert_eq!(report.summary.failed, 0);
+    for img in &report.images {
+        assert_eq!(img.status, ImageStatus::Pulled, "{img:?}");
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr
+            .lines()
+            .filter(|l| l.contains("images planned="))
+            .count(),
+        1,
+        "exactly one summary line"
+    );
+
+    env.assert_visible(&mixed, 0).await;
+    env.assert_visible(&multi, 1).await; // the amd64 entry
+    env.assert_visible(&docker, 0).await;
+    env.assert_visible(&docker_list, 0).await;
+
+    // Records are labelled the way CRI labels its own pulls.
+    let client = env.client().await;
+    let rec = client.image_get(&mixed.reference).await.unwrap().unwrap();
+    assert_eq!(
+        rec.labels
+            .get("io.cri-containerd.image")
+            .map(String::as_str),
+        Some("managed")
+    );
+    assert_eq!(rec.target.unwrap().digest, mixed.top_digest);
+    // The lease is gone: the records are the GC roots now.
+    assert_eq!(
+        env.containerd.ctr(&["leases", "ls", "-q"]).unwrap().trim(),
+        ""
+    );
+
+    // A re-run on a warm node changes nothing and downloads nothing.
+    let out = env.prewarm(&["pull", "--config", config]);
+    assert_eq!(exit_code(&out), 0);
+    let again = env.report();
+    assert_eq!(again.summary.present, 5, "{again:#?}");
+    assert_eq!(again.summary.bytes, 0);
+
+    // status shows kubelet's view of every listed image.
+    let out = env.prewarm(&["status", "--config", config]);
+    assert_eq!(exit_code(&out), 0);
+    let status = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        status
+            .lines()
+            .filter(|l| l.starts_with("yes      yes"))
+            .count(),
+        5,
+        "{status}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_survives_containerd_gc_after_pull() {
+    let env = Env::start();
+    let img = push(
+        &env.registry.host(),
+        "gc/check:1",
+        &[linux("amd64", None, layers(70, &[Gzip, Zstd], 64 << 10))],
+        Format::Oci,
+        &env.path("images"),
+    );
+    let config = env.config(&[(&img.reference, true)], "");
+    let out = env.prewarm(&["pull", "--config", config.to_str().unwrap()]);
+    assert_eq!(exit_code(&out), 0);
+    // Force a synchronous garbage collection: labels must keep everything.
+    env.containerd.ctr(&["content", "prune", "references"]).ok();
+    env.containerd.ctr(&["leases", "ls"]).unwrap();
+    let client = env.client().await;
+    // Deleting a lease with sync=true runs a GC pass in containerd.
+    client
+        .lease_create("gc-trigger", std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
+    env.containerd
+        .ctr(&["leases", "rm", "--sync", "gc-trigger"])
+        .unwrap();
+    env.assert_visible(&img, 0).await;
+}
+
+#[test]
+fn missing_required_image_exits_3_and_reports_why() {
+    let env = Env::start();
+    let missing = format!("{}/nope/absent:1", env.registry.host());
+    let config = env.config(&[(&missing, true)], "");
+    let out = env.prewarm(&["pull", "--config", config.to_str().unwrap()]);
+    assert_eq!(exit_code(&out), 3);
+    let report = env.report();
+    assert_eq!(report.images[0].status, ImageStatus::Failed);
+    let reason = report.images[0].reason.clone().unwrap_or_default();
+    assert!(reason.contains("nope/absent"), "{reason}");
+}
