@@ -171,7 +171,8 @@ mod tests {
             present: true,
             ..c(9, 0, false, 50)
         };
-        let cases: Vec<(&str, Vec<Candidate>, u64, Vec<(usize, Decision)>)> = vec![
+        type Case = (&'static str, Vec<Candidate>, u64, Vec<(usize, Decision)>);
+        let cases: Vec<Case> = vec![
             (
                 "everything fits: required, then priority, then size",
                 vec![

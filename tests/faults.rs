@@ -108,7 +108,7 @@ async fn kill_mid_blob_then_rerun_resumes_with_range() {
         total < compressed + (2 << 20),
         "bytes were not downloaded twice: {total} sent for a {compressed}-byte image"
     );
-    env.assert_visible(&img, 0).await;
+    env.assert_visible_as(&reference, &img, 0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -180,5 +180,5 @@ async fn corrupted_blob_is_retried_and_never_recorded() {
     let out = env.prewarm(&["pull", "--config", config.to_str().unwrap()]);
     assert_eq!(exit_code(&out), 0);
     assert_eq!(env.report().images[0].status, ImageStatus::Pulled);
-    env.assert_visible(&img, 0).await;
+    env.assert_visible_as(&reference, &img, 0).await;
 }

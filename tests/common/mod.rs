@@ -93,9 +93,16 @@ impl Env {
     /// Asserts kubelet's view: CRI finds the image by tag and by digest,
     /// with the expected image ID, and every layer is unpacked.
     pub async fn assert_visible(&self, img: &PushedImage, manifest_index: usize) {
+        self.assert_visible_as(&img.reference, img, manifest_index)
+            .await
+    }
+
+    /// [`Env::assert_visible`] for the image pulled under another name
+    /// (through a proxy).
+    pub async fn assert_visible_as(&self, name: &str, img: &PushedImage, manifest_index: usize) {
         let client = self.client().await;
         let cri = Cri::new(client.channel());
-        let reference = prewarm::reference::Reference::parse(&img.reference).unwrap();
+        let reference = prewarm::reference::Reference::parse(name).unwrap();
         let built = &img.manifests[manifest_index];
         for name in [
             reference.tag_name().unwrap(),
