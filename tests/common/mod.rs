@@ -43,7 +43,7 @@ impl Env {
         let mut text = format!(
             "version = 1\n[containerd]\nsocket = {:?}\n[registry]\nconfig-path = {:?}\nauth-file = {:?}\n[pull]\nreport = {:?}\n{pull}\n",
             self.containerd.socket,
-            self.path("certs.d"),
+            self.containerd.config_path_dir,
             self.path("auth.json"),
             self.path("report.json"),
         );
@@ -178,4 +178,12 @@ pub fn push(
 
 pub fn exit_code(o: &Output) -> i32 {
     o.status.code().unwrap_or(-1)
+}
+
+/// Writes a docker config.json with Basic credentials for `host`.
+pub fn write_auth(path: &Path, host: &str, user: &str, password: &str) {
+    use base64::Engine;
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    let json = format!("{{\"auths\": {{\"{host}\": {{\"auth\": \"{auth}\"}}}}}}");
+    std::fs::write(path, json).expect("writing auth file");
 }
