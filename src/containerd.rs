@@ -132,7 +132,7 @@ impl Containerd {
         let channel = tokio::time::timeout(timeout, containerd_client::connect(socket))
             .await
             .map_err(|_| err(format!("no answer within {timeout:?}")))?
-            .map_err(|e| err(format!("{e}: {}", source_chain(&e))))?;
+            .map_err(|e| err(crate::error_chain(&e)))?;
         let c = Containerd {
             channel,
             namespace: namespace.to_string(),
@@ -585,16 +585,6 @@ fn closed(op: &'static str, subject: &str) -> ContainerdError {
         subject: subject.to_string(),
         message: "containerd closed the stream".into(),
     }
-}
-
-fn source_chain(e: &dyn std::error::Error) -> String {
-    let mut out = Vec::new();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push(s.to_string());
-        cur = s.source();
-    }
-    out.join(": ")
 }
 
 /// Formats a time as RFC 3339 in UTC, as containerd's GC expects.

@@ -30,6 +30,22 @@ use cli::{Cli, Command};
 use config::{ConfigError, Settings};
 use std::time::Instant;
 
+/// An error with its causes, `a: b: c`, each cause once, for reports and
+/// log lines.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(cause) = cur {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = cause.source();
+    }
+    out
+}
+
 /// Documented exit codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {

@@ -258,14 +258,14 @@ pub fn platform_rank(want: &Platform, candidate: &Platform) -> Option<u32> {
         }
         if arch == "arm" {
             let (w, c) = (arm_level(&want_variant)?, arm_level(&variant)?);
-            return (c < w).then_some(w - c);
+            return (c < w).then(|| w - c);
         }
         // amd64 and arm64 with a variant the host did not ask for.
         return (want_variant.is_empty() && variant.is_empty()).then_some(0);
     }
     if want_arch == "arm64" && arch == "arm" {
         let c = arm_level(&variant)?;
-        return (c <= 8).then_some(100 + 8 - c);
+        return (c <= 8).then(|| 100 + 8 - c);
     }
     None
 }

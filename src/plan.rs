@@ -187,7 +187,7 @@ mod tests {
             (
                 "required first even when big; the rest skips by priority",
                 vec![c(0, 100, false, 3), c(1, 0, true, 4), c(2, 1, false, 2)],
-                17,
+                16,
                 vec![(1, Pull), (0, skip), (2, Pull)],
             ),
             (

@@ -358,9 +358,9 @@ impl Engine {
                 match self.resolve(entry).await {
                     Ok(r) => match self.is_present(&r).await {
                         Ok(present) => Prepared::Ready(Box::new(r), present),
-                        Err(e) => Prepared::Failed(e.to_string()),
+                        Err(e) => Prepared::Failed(crate::error_chain(&e)),
                     },
-                    Err(e) => Prepared::Failed(e.to_string()),
+                    Err(e) => Prepared::Failed(crate::error_chain(&e)),
                 }
             })
             .buffered(n.max(1))
@@ -532,9 +532,10 @@ impl Engine {
                 match self.pull_image(r, &mut bytes).await {
                     Ok(()) => report.status = ImageStatus::Pulled,
                     Err(e) => {
-                        tracing::error!(image = %p.entry.reference, error = %e, "pull failed");
+                        let why = crate::error_chain(&e);
+                        tracing::error!(image = %p.entry.reference, error = %why, "pull failed");
                         report.status = ImageStatus::Failed;
-                        report.reason = Some(e.to_string());
+                        report.reason = Some(why);
                     }
                 }
                 report.bytes = bytes;

@@ -187,13 +187,18 @@ pub fn parse(
             _ => {}
         }
     }
-    // The top-level keys configure the server, which is tried last.
-    hosts.push(ctx.host(
+    // The top-level keys configure the server, which is tried last, unless
+    // a [host] table already names the same URL (trying it twice, the
+    // second time without that table's CA, only hides the first error).
+    let server = ctx.host(
         "",
         server.as_deref().filter(|s| !s.is_empty()),
         &table,
         domain,
-    )?);
+    )?;
+    if !hosts.iter().any(|h| h.base == server.base) {
+        hosts.push(server);
+    }
     Ok(hosts)
 }
 
@@ -520,6 +525,19 @@ header = { x-one = "1", x-many = ["a", "b"] }
         assert_eq!(hosts[3].capabilities, Capabilities::ALL);
         assert!(hosts[0].is_mirror_for("registry.example.com"));
         assert!(!hosts[3].is_mirror_for("registry.example.com"));
+    }
+
+    #[test]
+    fn server_named_again_as_a_host_is_tried_once_with_the_host_settings() {
+        let text = r#"
+server = "https://registry.example.com"
+
+[host."https://registry.example.com"]
+ca = "/etc/ssl/private-ca.crt"
+"#;
+        let hosts = parse_str(text, "registry.example.com").unwrap();
+        assert_eq!(urls(&hosts), ["https://registry.example.com/v2"]);
+        assert_eq!(hosts[0].ca, [PathBuf::from("/etc/ssl/private-ca.crt")]);
     }
 
     #[test]
