@@ -15,6 +15,7 @@ mod image;
 mod proc;
 mod proxy;
 mod registry;
+pub mod scenario;
 
 pub use containerd::Containerd;
 pub use image::{

@@ -1,0 +1,315 @@
+//! Benchmarks prewarm against containerd's own pull, in one run, on the
+//! same images, each on a fresh containerd:
+//!
+//! - `set`: several images, `ctr images pull` one after another vs one
+//!   `prewarm pull`;
+//! - `single`: one 3-layer image of about 700 MB compressed;
+//! - `throttle`: prewarm through a counting proxy with a bandwidth cap,
+//!   printing the achieved rate over every 10 s window.
+//!
+//! Prints numbers; exits non-zero when a target is missed.
+//!
+//! Usage: prewarm-bench [--scale F] [--only set|single|throttle]
+
+use anyhow::{bail, Context, Result};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use testbed::scenario::{
+    measure, prewarm_binary, prewarm_config, push_all, sample_image, warm_registry_cache, Measured,
+};
+use testbed::{Compression, Containerd, FaultProxy, PushedImage, Registry};
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+fn main() {
+    match run() {
+        Ok(true) => {}
+        Ok(false) => std::process::exit(1),
+        Err(e) => {
+            eprintln!("prewarm-bench: {e:#}");
+            std::process::exit(2);
+        }
+    }
+}
+
+struct Args {
+    scale: f64,
+    only: Option<String>,
+}
+
+fn args() -> Result<Args> {
+    let mut a = Args {
+        scale: 1.0,
+        only: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--scale" => a.scale = it.next().context("--scale needs a number")?.parse()?,
+            "--only" => a.only = it.next(),
+            other => bail!("unknown argument {other}"),
+        }
+    }
+    Ok(a)
+}
+
+fn run() -> Result<bool> {
+    let args = args()?;
+    let prewarm = prewarm_binary()?;
+    let dir = tempfile::Builder::new()
+        .prefix("prewarm-bench")
+        .tempdir_in("/var/tmp")?;
+    let registry = Registry::start(&dir.path().join("registry"))?;
+    let work = dir.path().join("images");
+    let mib = |n: f64| (n * args.scale * MIB) as usize;
+    let want = |name: &str| args.only.as_deref().is_none_or(|o| o == name);
+    let mut ok = true;
+
+    println!("building test images (scale {})", args.scale);
+    let set = if want("set") {
+        push_all(
+            &registry,
+            &work,
+            &[
+                (
+                    "bench/a:1",
+                    sample_image(11, 3, mib(60.0), Compression::Gzip),
+                ),
+                (
+                    "bench/b:1",
+                    sample_image(12, 3, mib(50.0), Compression::Gzip),
+                ),
+                (
+                    "bench/c:1",
+                    sample_image(13, 2, mib(60.0), Compression::Zstd),
+                ),
+                (
+                    "bench/d:1",
+                    sample_image(14, 2, mib(40.0), Compression::Gzip),
+                ),
+            ],
+        )?
+    } else {
+        vec![]
+    };
+    let single = if want("single") || want("throttle") {
+        push_all(
+            &registry,
+            &work,
+            &[(
+                "bench/big:1",
+                sample_image(21, 3, mib(580.0), Compression::Gzip),
+            )],
+        )?
+    } else {
+        vec![]
+    };
+    println!(
+        "warmed {:.0} MiB of registry storage into the page cache",
+        warm_registry_cache(&registry)? as f64 / MIB
+    );
+    println!();
+    println!(
+        "{:<8} {:>10} {:>10} {:>12} {:>8} {:>7} {:>12}",
+        "case", "MiB", "ctr s", "prewarm s", "ratio", "target", "prewarm RSS"
+    );
+
+    for (name, images, target) in [("set", &set, 0.6), ("single", &single, 0.9)] {
+        if !want(name) || images.is_empty() {
+            continue;
+        }
+        let mb = images
+            .iter()
+            .map(|i| i.manifests[0].compressed_size)
+            .sum::<u64>() as f64
+            / MIB;
+        let ctr = ctr_pull(dir.path(), name, images)?;
+        let pw = prewarm_pull(&prewarm, dir.path(), name, images, None)?;
+        let ratio = pw.wall.as_secs_f64() / ctr.as_secs_f64();
+        let rss = pw.max_rss as f64 / MIB;
+        let pass = ratio <= target && rss <= 64.0;
+        ok &= pass;
+        println!(
+            "{name:<8} {mb:>10.0} {:>10.2} {:>12.2} {ratio:>8.2} {:>7} {:>9.1} MiB  {}",
+            ctr.as_secs_f64(),
+            pw.wall.as_secs_f64(),
+            format!("≤{target}"),
+            rss,
+            if pass { "PASS" } else { "FAIL" }
+        );
+    }
+
+    if want("throttle") && !single.is_empty() {
+        println!();
+        for cap_mib in [20.0, 50.0] {
+            ok &= throttle_case(&prewarm, dir.path(), &registry, &single, cap_mib)?;
+        }
+    }
+    Ok(ok)
+}
+
+/// `ctr images pull` of each image in turn on a fresh containerd.
+fn ctr_pull(base: &std::path::Path, case: &str, images: &[PushedImage]) -> Result<Duration> {
+    let containerd = Containerd::start(&base.join(format!("ctr-{case}")))?;
+    let start = Instant::now();
+    for img in images {
+        let out = Command::new("ctr")
+            .arg("--address")
+            .arg(&containerd.socket)
+            .args([
+                "-n",
+                "k8s.io",
+                "images",
+                "pull",
+                "--plain-http",
+                &img.reference,
+            ])
+            .stdout(Stdio::null())
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "ctr pull {}: {}",
+                img.reference,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    Ok(start.elapsed())
+}
+
+/// One `prewarm pull` of all images on a fresh containerd.
+fn prewarm_pull(
+    prewarm: &std::path::Path,
+    base: &std::path::Path,
+    case: &str,
+    images: &[PushedImage],
+    bandwidth: Option<&str>,
+) -> Result<Measured> {
+    let containerd = Containerd::start(&base.join(format!("prewarm-{case}")))?;
+    let refs: Vec<String> = images.iter().map(|i| i.reference.clone()).collect();
+    run_prewarm(prewarm, base, case, &containerd, &refs, bandwidth)
+}
+
+fn run_prewarm(
+    prewarm: &std::path::Path,
+    base: &std::path::Path,
+    case: &str,
+    containerd: &Containerd,
+    refs: &[String],
+    bandwidth: Option<&str>,
+) -> Result<Measured> {
+    let throttle = bandwidth
+        .map(|b| format!("[throttle]\nbandwidth = {b:?}\n"))
+        .unwrap_or_default();
+    let config = base.join(format!("{case}.toml"));
+    let report = base.join(format!("{case}-report.json"));
+    std::fs::write(
+        &config,
+        prewarm_config(
+            containerd,
+            refs,
+            &report,
+            "concurrency = 3\nlayer-concurrency = 3",
+            &format!("[disk]\nreserve = \"1GiB\"\n{throttle}"),
+        ),
+    )?;
+    let root = base.join("empty-root");
+    std::fs::create_dir_all(&root)?;
+    let mut cmd = Command::new(prewarm);
+    cmd.arg("--config-root")
+        .arg(&root)
+        .arg("--config")
+        .arg(&config)
+        .arg("pull");
+    cmd.stderr(Stdio::null());
+    let m = measure(cmd)?;
+    if !m.status.success() {
+        bail!(
+            "prewarm pull ({case}) exited {:?}; see {}",
+            m.status.code(),
+            report.display()
+        );
+    }
+    Ok(m)
+}
+
+/// Pulls through a counting proxy with a cap and checks every 10 s window.
+fn throttle_case(
+    prewarm: &std::path::Path,
+    base: &std::path::Path,
+    registry: &Registry,
+    images: &[PushedImage],
+    cap_mib: f64,
+) -> Result<bool> {
+    let proxy = FaultProxy::start(registry.addr)?;
+    let case = format!("throttle-{cap_mib}");
+    let containerd = Containerd::start(&base.join(&case))?;
+    let refs: Vec<String> = images
+        .iter()
+        .map(|i| i.reference.replacen(&registry.host(), &proxy.host(), 1))
+        .collect();
+    let bandwidth = format!("{cap_mib}MiB/s");
+    let samples = std::sync::Mutex::new(Vec::<(f64, u64)>::new());
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let start = Instant::now();
+    let result = std::thread::scope(|s| {
+        s.spawn(|| {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let bytes = proxy.bytes_sent_for("");
+                if let Ok(mut v) = samples.lock() {
+                    v.push((start.elapsed().as_secs_f64(), bytes));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        let r = run_prewarm(prewarm, base, &case, &containerd, &refs, Some(&bandwidth));
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        r
+    });
+    let m = result?;
+    let samples = samples.into_inner().unwrap_or_default();
+    // The transfer runs from the first byte to the last byte seen.
+    let total = samples.last().map(|s| s.1).unwrap_or(0);
+    let first = samples.iter().find(|s| s.1 > 0).map(|s| s.0).unwrap_or(0.0);
+    let last = samples
+        .iter()
+        .find(|s| s.1 >= total)
+        .map(|s| s.0)
+        .unwrap_or(0.0);
+    let cap = cap_mib * MIB;
+    let mut rates = Vec::new();
+    for (i, &(t0, b0)) in samples.iter().enumerate() {
+        if t0 < first {
+            continue;
+        }
+        let Some(&(t1, b1)) = samples[i..].iter().find(|s| s.0 >= t0 + 10.0) else {
+            break;
+        };
+        if t1 > last {
+            break;
+        }
+        rates.push((b1 - b0) as f64 / (t1 - t0));
+    }
+    if rates.is_empty() {
+        println!(
+            "throttle {cap_mib} MiB/s: transfer shorter than 10 s ({:.1} s); use a larger --scale",
+            last - first
+        );
+        return Ok(false);
+    }
+    let lo = rates.iter().cloned().fold(f64::MAX, f64::min);
+    let hi = rates.iter().cloned().fold(0.0, f64::max);
+    let pass = lo >= cap * 0.95 && hi <= cap * 1.05;
+    println!(
+        "throttle cap {cap_mib:>5.1} MiB/s: {} windows of 10 s, achieved min {:.2} max {:.2} MiB/s ({:+.1}% .. {:+.1}%), overall {:.2} MiB/s, wall {:.1} s  {}",
+        rates.len(),
+        lo / MIB,
+        hi / MIB,
+        (lo / cap - 1.0) * 100.0,
+        (hi / cap - 1.0) * 100.0,
+        total as f64 / (last - first) / MIB,
+        m.wall.as_secs_f64(),
+        if pass { "PASS" } else { "FAIL" }
+    );
+    Ok(pass)
+}

@@ -1,0 +1,164 @@
+//! Ready-made scenarios for the demo and the benchmark: sample images,
+//! a prewarm config for a private containerd, and running the prewarm
+//! binary with its peak memory measured.
+
+use crate::{push_image, random_bytes, Compression, Containerd, Format, ImageSpec, LayerSpec};
+use crate::{PushedImage, Registry};
+use anyhow::{bail, Context, Result};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
+use std::time::{Duration, Instant};
+
+/// Bytes that gzip to roughly 40% of their size, like real image layers:
+/// each 4 KiB block is 1.5 KiB of noise and 2.5 KiB of repeated text.
+pub fn compressible_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let noise = random_bytes(seed, len / 4096 * 1536 + 1536);
+    let text = b"prewarm keeps GPU nodes busy: layers of libraries, models and tools. ";
+    let mut out = Vec::with_capacity(len + 4096);
+    let mut n = 0;
+    while out.len() < len {
+        out.extend_from_slice(&noise[n..n + 1536]);
+        n += 1536;
+        for i in 0..2560 {
+            out.push(text[i % text.len()]);
+        }
+    }
+    out.truncate(len);
+    out
+}
+
+/// One single-platform linux/amd64 image with `layers` layers of `size`
+/// bytes each (before compression).
+pub fn sample_image(seed: u64, layers: usize, size: usize, compression: Compression) -> ImageSpec {
+    ImageSpec {
+        layers: (0..layers)
+            .map(|i| LayerSpec {
+                files: vec![(
+                    format!("opt/sample/{seed}/layer{i}.bin"),
+                    compressible_bytes(seed * 100 + i as u64, size),
+                )],
+                compression,
+            })
+            .collect(),
+        os: "linux".into(),
+        arch: "amd64".into(),
+        variant: None,
+    }
+}
+
+/// Pushes `specs` as `<repo>:<tag>` images, one per entry.
+pub fn push_all(
+    registry: &Registry,
+    work: &Path,
+    specs: &[(&str, ImageSpec)],
+) -> Result<Vec<PushedImage>> {
+    specs
+        .iter()
+        .map(|(name, spec)| {
+            push_image(
+                &registry.host(),
+                name,
+                std::slice::from_ref(spec),
+                Format::Oci,
+                work,
+                None,
+            )
+            .with_context(|| format!("pushing {name}"))
+        })
+        .collect()
+}
+
+/// A prewarm config fragment for `containerd` listing `images`, with the
+/// report at `report` and `extra` lines appended (whole tables).
+pub fn prewarm_config(
+    containerd: &Containerd,
+    images: &[String],
+    report: &Path,
+    pull: &str,
+    extra: &str,
+) -> String {
+    let mut text = format!(
+        "version = 1\n\n[containerd]\nsocket = {:?}\n\n[registry]\nconfig-path = {:?}\nauth-file = \"\"\n\n[pull]\nreport = {:?}\n{pull}\n{extra}\n",
+        containerd.socket, containerd.config_path_dir, report
+    );
+    for (i, r) in images.iter().enumerate() {
+        text.push_str(&format!(
+            "\n[[images]]\nref = {r:?}\npriority = {}\nrequired = true\n",
+            100 - i as i32
+        ));
+    }
+    text
+}
+
+/// How a measured run went.
+#[derive(Debug, Clone, Copy)]
+pub struct Measured {
+    /// How the process ended.
+    pub status: ExitStatus,
+    /// Wall-clock time from spawn to exit.
+    pub wall: Duration,
+    /// Peak resident set size of the process, in bytes (from wait4).
+    pub max_rss: u64,
+}
+
+/// Runs `cmd` to completion and measures wall time and the peak RSS of
+/// that one child (wait4's rusage, not the whole process tree).
+pub fn measure(mut cmd: Command) -> Result<Measured> {
+    let start = Instant::now();
+    let child = cmd.spawn().with_context(|| format!("starting {cmd:?}"))?;
+    let pid = child.id() as libc::pid_t;
+    let mut status: libc::c_int = 0;
+    // SAFETY: an all-zero rusage is a valid value for wait4 to fill in.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: pid is our own unwaited child; the pointers are valid.
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let wall = start.elapsed();
+    if r != pid {
+        bail!("wait4 for {cmd:?}: {}", std::io::Error::last_os_error());
+    }
+    std::mem::forget(child); // already reaped
+    Ok(Measured {
+        status: ExitStatus::from_raw(status),
+        wall,
+        max_rss: usage.ru_maxrss as u64 * 1024,
+    })
+}
+
+/// Reads every blob in the registry's storage once, so that the first
+/// measured pull does not pay for cold page cache on the registry side.
+pub fn warm_registry_cache(registry: &Registry) -> Result<u64> {
+    fn walk(dir: &Path, total: &mut u64) -> Result<()> {
+        for e in std::fs::read_dir(dir)? {
+            let p = e?.path();
+            if p.is_dir() {
+                walk(&p, total)?;
+            } else {
+                let mut f = std::fs::File::open(&p)?;
+                *total += std::io::copy(&mut f, &mut std::io::sink())?;
+            }
+        }
+        Ok(())
+    }
+    let mut total = 0;
+    walk(&registry.dir, &mut total)?;
+    Ok(total)
+}
+
+/// Finds the prewarm binary: `$PREWARM_BIN`, else next to this executable
+/// (both live in `target/<profile>/`).
+pub fn prewarm_binary() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("PREWARM_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let me = std::env::current_exe()?;
+    let p = me.with_file_name("prewarm");
+    if p.exists() {
+        Ok(p)
+    } else {
+        bail!(
+            "no prewarm binary at {}; build it or set PREWARM_BIN",
+            p.display()
+        )
+    }
+}
