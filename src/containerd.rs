@@ -193,13 +193,14 @@ impl Containerd {
         }
     }
 
-    /// Deletes lease `id`; a missing lease is fine.
-    pub async fn lease_delete(&self, id: &str) -> Result<(), ContainerdError> {
+    /// Deletes lease `id`; a missing lease is fine. With `sync`, containerd
+    /// collects garbage before answering.
+    pub async fn lease_delete(&self, id: &str, sync: bool) -> Result<(), ContainerdError> {
         match LeasesClient::new(self.channel())
             .delete(self.req(
                 DeleteRequest {
                     id: id.to_string(),
-                    sync: false,
+                    sync,
                 },
                 None,
             ))

@@ -16,6 +16,7 @@ pub mod config;
 pub mod containerd;
 pub mod cri;
 pub mod disk;
+pub mod estimate;
 pub mod manifest;
 pub mod plan;
 pub mod pull;

@@ -16,6 +16,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,8 @@ use std::time::{Duration, Instant};
 const CHUNK: usize = 1 << 20;
 /// Check free space after this many bytes written.
 const DISK_CHECK_EVERY: u64 = 16 << 20;
+/// How often free space is read while containerd unpacks.
+const DISK_WATCH_INTERVAL: Duration = Duration::from_millis(200);
 /// How long CRI may take to notice new image records.
 const CRI_VISIBLE_WITHIN: Duration = Duration::from_secs(10);
 
@@ -41,12 +44,11 @@ pub enum PullError {
         digest: String,
         message: String,
     },
-    #[error(
-        "disk: {available} bytes free on {path} would go below the reserve of {reserve} bytes"
-    )]
+    #[error("disk-full: {available} bytes free on {path}; writing {more} more would go below the reserve of {reserve} bytes")]
     DiskFull {
         path: String,
         available: u64,
+        more: u64,
         reserve: u64,
     },
     #[error(transparent)]
@@ -87,6 +89,9 @@ pub struct Resolved {
     pub chain_ids: Vec<String>,
     /// The registry host that served it, for the distribution-source label.
     pub source_host: String,
+    /// Unpacked size per layer where the stream's metadata told it
+    /// (gzip ISIZE, zstd frame content size, or an uncompressed layer).
+    pub unpacked_sizes: Vec<Option<u64>>,
 }
 
 impl Resolved {
@@ -106,17 +111,24 @@ impl Resolved {
                 .sum::<u64>()
     }
 
-    /// Estimated unpacked bytes.
+    /// Estimated unpacked bytes: the known sizes, else `ratio` times the
+    /// compressed size.
     pub fn unpacked_estimate(&self, ratio: f64) -> u64 {
         self.layers
             .iter()
-            .map(|l| {
-                let compressed = !matches!(
-                    manifest::layer_compression(&l.media_type),
-                    Some(manifest::Compression::None)
-                );
-                plan::estimate_unpacked(l.size.max(0) as u64, compressed, ratio)
-            })
+            .enumerate()
+            .map(
+                |(i, l)| match self.unpacked_sizes.get(i).copied().flatten() {
+                    Some(known) => known,
+                    None => {
+                        let compressed = !matches!(
+                            manifest::layer_compression(&l.media_type),
+                            Some(manifest::Compression::None)
+                        );
+                        plan::estimate_unpacked(l.size.max(0) as u64, compressed, ratio)
+                    }
+                },
+            )
             .sum()
     }
 
@@ -277,7 +289,39 @@ impl Engine {
             diff_ids: config.rootfs.diff_ids,
             chain_ids,
             source_host,
+            unpacked_sizes: Vec::new(),
         })
+    }
+
+    /// Reads each layer's unpacked size from its compressed stream with a
+    /// small Range request, where the format records it. Failures only
+    /// mean falling back to the configured ratio.
+    pub async fn read_unpacked_sizes(&self, r: &mut Resolved) {
+        let image = &r.entry.reference;
+        let sizes = futures_util::future::join_all(r.layers.iter().map(|l| async move {
+            let size = l.size.max(0) as u64;
+            let fetch = |start: u64, len: u64| async move {
+                self.registries
+                    .fetch_range(image, &l.digest, start, len)
+                    .await
+                    .map_err(|e| tracing::debug!(error = %e, digest = %l.digest, "size probe"))
+                    .ok()
+                    .flatten()
+            };
+            match manifest::layer_compression(&l.media_type)? {
+                manifest::Compression::None => Some(size),
+                manifest::Compression::Gzip if size >= 4 => {
+                    crate::estimate::gzip_isize(&fetch(size - 4, 4).await?, size)
+                }
+                manifest::Compression::Zstd => {
+                    let len = crate::estimate::ZSTD_HEADER_MAX.min(size);
+                    crate::estimate::zstd_content_size(&fetch(0, len).await?)
+                }
+                manifest::Compression::Gzip => None,
+            }
+        }))
+        .await;
+        r.unpacked_sizes = sizes;
     }
 
     /// Downloads a small blob into memory and checks its digest.
@@ -356,8 +400,13 @@ impl Engine {
         futures_util::stream::iter(self.settings.images.iter())
             .map(|entry| async move {
                 match self.resolve(entry).await {
-                    Ok(r) => match self.is_present(&r).await {
-                        Ok(present) => Prepared::Ready(Box::new(r), present),
+                    Ok(mut r) => match self.is_present(&r).await {
+                        Ok(present) => {
+                            if !present {
+                                self.read_unpacked_sizes(&mut r).await;
+                            }
+                            Prepared::Ready(Box::new(r), present)
+                        }
                         Err(e) => Prepared::Failed(crate::error_chain(&e)),
                     },
                     Err(e) => Prepared::Failed(crate::error_chain(&e)),
@@ -528,8 +577,8 @@ impl Engine {
                 ));
             }
             (Ok(Decision::Pull), Some(r)) => {
-                let mut bytes = 0u64;
-                match self.pull_image(r, &mut bytes).await {
+                let bytes = AtomicU64::new(0);
+                match self.pull_image(r, &bytes).await {
                     Ok(()) => report.status = ImageStatus::Pulled,
                     Err(e) => {
                         let why = crate::error_chain(&e);
@@ -538,7 +587,7 @@ impl Engine {
                         report.reason = Some(why);
                     }
                 }
-                report.bytes = bytes;
+                report.bytes = bytes.load(Ordering::Relaxed);
             }
         }
         report.seconds = t0.elapsed().as_secs_f64();
@@ -554,8 +603,8 @@ impl Engine {
     }
 
     /// Pulls one image under its own lease. `downloaded` counts bytes
-    /// received from the registry.
-    pub async fn pull_image(&self, r: &Resolved, downloaded: &mut u64) -> Result<(), PullError> {
+    /// received from the registry, including those of a failed attempt.
+    pub async fn pull_image(&self, r: &Resolved, downloaded: &AtomicU64) -> Result<(), PullError> {
         let name = r.entry.reference.to_string();
         let lease = lease_id(&name, &r.top().desc.digest);
         let resumed = self
@@ -565,6 +614,32 @@ impl Engine {
         if resumed {
             tracing::info!(image = %name, %lease, "resuming under an existing lease");
         }
+        let result = self.pull_under_lease(r, &lease, downloaded).await;
+        if let Err(PullError::DiskFull { .. }) = &result {
+            // Give the space back: drop the partial ingests and the lease,
+            // and let containerd collect what no record holds. Nothing of
+            // this image was recorded, so CRI never saw it.
+            for layer in &r.layers {
+                let _ = self
+                    .containerd
+                    .content_abort(&format!("layer-{}", layer.digest))
+                    .await;
+            }
+            if let Err(e) = self.containerd.lease_delete(&lease, true).await {
+                tracing::warn!(error = %e, %lease, "dropping the lease after a full disk");
+            }
+        }
+        result
+    }
+
+    async fn pull_under_lease(
+        &self,
+        r: &Resolved,
+        lease: &str,
+        downloaded: &AtomicU64,
+    ) -> Result<(), PullError> {
+        let name = r.entry.reference.to_string();
+        let lease = lease.to_string();
         let source = self.source_label(r);
 
         // Manifests and config, from memory, with their GC references.
@@ -596,7 +671,15 @@ impl Engine {
         let (tx, mut rx) = tokio::sync::mpsc::channel(r.layers.len().max(1));
         let producer = async {
             let mut fetched = futures_util::stream::iter(r.layers.iter())
-                .map(|layer| self.fetch_layer(&r.entry.reference, layer, &lease, source.clone()))
+                .map(|layer| {
+                    self.fetch_layer(
+                        &r.entry.reference,
+                        layer,
+                        &lease,
+                        source.clone(),
+                        downloaded,
+                    )
+                })
                 .buffered(self.settings.layer_concurrency.get() as usize);
             while let Some(result) = fetched.next().await {
                 if tx.send(result).await.is_err() {
@@ -607,23 +690,28 @@ impl Engine {
         let consumer = async {
             let mut parent = String::new();
             for (i, layer) in r.layers.iter().enumerate() {
-                let got = rx.recv().await.ok_or_else(|| PullError::Blob {
+                rx.recv().await.ok_or_else(|| PullError::Blob {
                     reference: name.clone(),
                     digest: layer.digest.clone(),
                     message: "download stopped".into(),
                 })??;
-                *downloaded += got;
                 let chain = &r.chain_ids[i];
-                self.containerd
-                    .unpack_layer(
-                        &self.snapshotter,
-                        layer,
-                        &r.diff_ids[i],
-                        chain,
-                        &parent,
-                        &lease,
-                    )
-                    .await?;
+                // containerd writes the unpacked layer itself: check there is
+                // room first, and watch free space while it works.
+                let estimate = r.unpacked_sizes.get(i).copied().flatten().unwrap_or(0);
+                self.check_reserve(estimate)?;
+                let unpack = self.containerd.unpack_layer(
+                    &self.snapshotter,
+                    layer,
+                    &r.diff_ids[i],
+                    chain,
+                    &parent,
+                    &lease,
+                );
+                tokio::select! {
+                    unpacked = unpack => { unpacked?; }
+                    full = self.watch_reserve() => return Err(full),
+                }
                 self.containerd
                     .content_label(
                         &layer.digest,
@@ -668,7 +756,7 @@ impl Engine {
                 .image_put(&record, &r.top().desc, &labels)
                 .await?;
         }
-        self.containerd.lease_delete(&lease).await?;
+        self.containerd.lease_delete(&lease, false).await?;
         self.wait_visible(r).await
     }
 
@@ -751,17 +839,16 @@ impl Engine {
     }
 
     /// Downloads a layer into the content store, resuming a partial ingest
-    /// with a Range request. Returns the bytes received.
+    /// with a Range request. Bytes received are added to `received`.
     async fn fetch_layer(
         &self,
         image: &Reference,
         layer: &Desc,
         lease: &str,
         labels: HashMap<String, String>,
-    ) -> Result<u64, PullError> {
+        received: &AtomicU64,
+    ) -> Result<(), PullError> {
         let reference = format!("layer-{}", layer.digest);
-        let received = std::sync::atomic::AtomicU64::new(0);
-        let received = &received;
         self.retry
             .run(&format!("fetching {reference}"), PullError::is_retryable, |_| {
                 let labels = labels.clone();
@@ -790,7 +877,7 @@ impl Engine {
                             let done = next.is_none();
                             if let Some(chunk) = next {
                                 let chunk = chunk?;
-                                received.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                                received.fetch_add(chunk.len() as u64, Ordering::Relaxed);
                                 self.bandwidth.take(chunk.len() as u64).await;
                                 buf.extend_from_slice(&chunk);
                             }
@@ -802,7 +889,7 @@ impl Engine {
                                 since_check += len;
                                 if since_check >= DISK_CHECK_EVERY {
                                     since_check = 0;
-                                    self.check_reserve()?;
+                                    self.check_reserve(0)?;
                                 }
                             }
                             if done {
@@ -822,20 +909,32 @@ impl Engine {
                     Ok(())
                 }
             })
-            .await?;
-        Ok(received.load(std::sync::atomic::Ordering::Relaxed))
+            .await
     }
 
-    fn check_reserve(&self) -> Result<(), PullError> {
+    /// Fails when writing `more` bytes would leave less free space than
+    /// the reserve.
+    fn check_reserve(&self, more: u64) -> Result<(), PullError> {
         let u = self.disk.usage()?;
-        if u.available < self.settings.reserve {
+        if u.available < self.settings.reserve.saturating_add(more) {
             return Err(PullError::DiskFull {
                 path: self.disk_path.clone(),
                 available: u.available,
+                more,
                 reserve: self.settings.reserve,
             });
         }
         Ok(())
+    }
+
+    /// Resolves with an error once free space drops below the reserve.
+    async fn watch_reserve(&self) -> PullError {
+        loop {
+            tokio::time::sleep(DISK_WATCH_INTERVAL).await;
+            if let Err(e) = self.check_reserve(0) {
+                return e;
+            }
+        }
     }
 }
 

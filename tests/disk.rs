@@ -1,0 +1,228 @@
+//! containerd's root on a small loop-mounted ext4 filesystem: the preload
+//! fills up to the reserve and no further, skips what does not fit with a
+//! reason, and aborts cleanly when something else eats the space mid-pull.
+
+mod common;
+
+use common::*;
+use prewarm::report::ImageStatus;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+use testbed::{Compression::Gzip, Containerd, FaultProxy, Format, Registry};
+
+const MIB: u64 = 1 << 20;
+
+/// A loop-mounted ext4 filesystem, unmounted on drop.
+struct LoopFs {
+    mount: PathBuf,
+}
+
+impl LoopFs {
+    fn new(dir: &Path, size_mib: u64) -> LoopFs {
+        let image = dir.join("fs.img");
+        let mount = dir.join("c");
+        std::fs::create_dir_all(&mount).unwrap();
+        let f = std::fs::File::create(&image).unwrap();
+        f.set_len(size_mib * MIB).unwrap();
+        run(Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-m", "0"])
+            .arg(&image));
+        run(Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&image)
+            .arg(&mount));
+        LoopFs { mount }
+    }
+
+    fn available(&self) -> u64 {
+        prewarm::disk::statvfs(&self.mount).unwrap().available
+    }
+}
+
+impl Drop for LoopFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.mount).status();
+    }
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// An env whose containerd lives on a `size_mib` filesystem. Fields drop
+/// in order: containerd stops before the filesystem is unmounted.
+fn small_env(size_mib: u64) -> (Env, LoopFs) {
+    let dir = tempfile::Builder::new()
+        .prefix("pw")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let fs = LoopFs::new(dir.path(), size_mib);
+    let containerd = Containerd::start(&fs.mount).unwrap();
+    let registry = Registry::start(&dir.path().join("r")).unwrap();
+    (
+        Env {
+            dir,
+            containerd,
+            registry,
+        },
+        fs,
+    )
+}
+
+/// Incompressible single-layer images of `mib` MiB each.
+fn images(env: &Env, host: &str, count: u64, mib: usize) -> Vec<testbed::PushedImage> {
+    (0..count)
+        .map(|i| {
+            push(
+                host,
+                &format!("fill/img{i}:1"),
+                &[linux(
+                    "amd64",
+                    None,
+                    layers(900 + i * 10, &[Gzip], mib << 20),
+                )],
+                Format::Oci,
+                &env.path("images"),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fills_up_to_the_reserve_and_skips_the_rest() {
+    let (env, fs) = small_env(400);
+    let pushed = images(&env, &env.registry.host(), 5, 40);
+    let refs: Vec<(&str, bool)> = pushed
+        .iter()
+        .map(|p| (p.reference.as_str(), false))
+        .collect();
+    let config = env.config(
+        &refs,
+        "[disk]\nreserve = \"100MiB\"\nmax-usage-percent = 100\n",
+    );
+    let before = fs.available();
+    let out = env.prewarm(&["pull", "--config", config.to_str().unwrap()]);
+    assert_eq!(exit_code(&out), 0, "best-effort images do not fail the run");
+    let report = env.report();
+    // Each image needs ~80 MiB (40 compressed + 40 unpacked, read from the
+    // gzip trailer); ~270 MiB fit above the reserve.
+    let pulled = report.summary.pulled;
+    assert!((2..=4).contains(&pulled), "{report:#?}");
+    assert_eq!(report.summary.skipped, 5 - pulled, "{report:#?}");
+    for img in &report.images {
+        if img.status == ImageStatus::Skipped {
+            assert!(
+                img.reason
+                    .as_deref()
+                    .unwrap_or("")
+                    .starts_with("disk-budget"),
+                "{img:?}"
+            );
+        }
+    }
+    let after = fs.available();
+    assert!(
+        after >= 100 * MIB,
+        "the reserve held: {after} bytes free (was {before})"
+    );
+    // containerd still answers, and what was recorded is complete.
+    env.containerd.ctr(&["version"]).unwrap();
+    for (img, r) in pushed.iter().zip(&report.images) {
+        let _ = r;
+        let status = report
+            .images
+            .iter()
+            .find(|i| i.reference == img.reference)
+            .unwrap()
+            .status;
+        if status == ImageStatus::Pulled {
+            env.assert_visible(img, 0).await;
+        }
+    }
+    // plan agrees with what was done: the rest still does not fit.
+    let out = env.prewarm(&["plan", "--config", config.to_str().unwrap()]);
+    let plan = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        plan.lines().filter(|l| l.contains(" skip ")).count(),
+        5 - pulled,
+        "{plan}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aborts_cleanly_when_space_runs_out_mid_pull() {
+    let (env, fs) = small_env(300);
+    let proxy = FaultProxy::start(env.registry.addr).unwrap();
+    let pushed = images(&env, &env.registry.host(), 1, 90);
+    let reference = pushed[0]
+        .reference
+        .replacen(&env.registry.host(), &proxy.host(), 1);
+    let config = env.config(
+        &[(&reference, true)],
+        "[disk]\nreserve = \"60MiB\"\nmax-usage-percent = 100\n",
+    );
+    proxy.throttle(Some(8 * MIB));
+    let root = env.path("root");
+    std::fs::create_dir_all(&root).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_prewarm"))
+        .arg("--config-root")
+        .arg(&root)
+        .args(["pull", "--config", config.to_str().unwrap()])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once the download is under way, something else on the node takes
+    // the space the plan counted on.
+    testbed::poll_until("the download to start", Duration::from_secs(30), || {
+        Ok((proxy.bytes_sent_for("/blobs/") > 4 * MIB).then_some(()))
+    })
+    .unwrap();
+    let filler = fs.mount.join("filler");
+    let take = fs.available().saturating_sub(80 * MIB);
+    std::fs::File::create(&filler).unwrap().set_len(0).unwrap();
+    run(Command::new("fallocate")
+        .arg("-l")
+        .arg(take.to_string())
+        .arg(&filler));
+    proxy.throttle(None);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        exit_code(&out),
+        3,
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = env.report();
+    let img = &report.images[0];
+    assert_eq!(img.status, ImageStatus::Failed);
+    let reason = img.reason.as_deref().unwrap_or("");
+    assert!(
+        reason.contains("disk-full") && reason.contains("reserve"),
+        "{reason}"
+    );
+    assert!(img.bytes > 0, "the report says how much was downloaded");
+    // Nothing half-visible: no records, no lease, no ingest left behind.
+    assert_eq!(
+        env.containerd.ctr(&["images", "ls", "-q"]).unwrap().trim(),
+        ""
+    );
+    assert_eq!(
+        env.containerd.ctr(&["leases", "ls", "-q"]).unwrap().trim(),
+        ""
+    );
+    assert_eq!(
+        env.containerd
+            .ctr(&["content", "active"])
+            .unwrap()
+            .lines()
+            .count(),
+        1
+    );
+    std::fs::remove_file(&filler).unwrap();
+}
