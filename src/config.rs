@@ -98,6 +98,8 @@ struct RawPull {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct RawThrottle {
     bandwidth: Option<Rate>,
+    write_bandwidth: Option<Rate>,
+    write_iops: Option<NonZeroU64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -281,6 +283,8 @@ pub struct Settings {
     pub platform: crate::manifest::Platform,
     pub report: PathBuf,
     pub bandwidth: Option<NonZeroU64>,
+    /// Cap on containerd's disk writes during the run.
+    pub io_limits: crate::iocap::IoLimits,
     pub reserve: u64,
     pub max_usage_percent: u8,
     pub unpack_ratio: f64,
@@ -409,6 +413,7 @@ impl Settings {
             platform: crate::manifest::host_platform(),
             report: "/run/prewarm/report.json".into(),
             bandwidth: None,
+            io_limits: Default::default(),
             reserve: 10 << 30,
             max_usage_percent: 80,
             unpack_ratio: 2.5,
@@ -492,6 +497,12 @@ impl Settings {
         }
         if let Some(v) = raw.throttle.bandwidth {
             self.bandwidth = Some(v.0);
+        }
+        if let Some(v) = raw.throttle.write_bandwidth {
+            self.io_limits.write_bps = Some(v.0.get());
+        }
+        if let Some(v) = raw.throttle.write_iops {
+            self.io_limits.write_iops = Some(v.get());
         }
         let d = raw.disk;
         if let Some(v) = d.reserve {

@@ -17,6 +17,7 @@ pub mod containerd;
 pub mod cri;
 pub mod disk;
 pub mod estimate;
+pub mod iocap;
 pub mod manifest;
 pub mod plan;
 pub mod pull;
@@ -149,7 +150,25 @@ async fn pull(settings: Settings) -> anyhow::Result<Exit> {
     let started = Instant::now();
     let report_path = settings.report.clone();
     let engine = pull::Engine::connect(settings).await?;
-    let report = engine.pull(started, stop_signal()).await;
+    let io_cap = cap_containerd_writes(&engine);
+    let mut report = engine.pull(started, stop_signal()).await;
+    report.io_cap = match io_cap {
+        Ok(None) => None,
+        Ok(Some(cap)) => {
+            let described = cap.describe(engine.settings.io_limits);
+            if let Err(e) = cap.restore() {
+                tracing::error!(error = %e, "restoring containerd's IO limits");
+            }
+            Some(described)
+        }
+        Err(e) => Some(iocap::IoCapReport {
+            cgroup: String::new(),
+            device: String::new(),
+            write_bps: engine.settings.io_limits.write_bps,
+            write_iops: engine.settings.io_limits.write_iops,
+            note: Some(format!("not applied: {}", error_chain(&e))),
+        }),
+    };
     report
         .write(&report_path)
         .with_context(|| format!("writing the report to {}", report_path.display()))?;
@@ -160,6 +179,35 @@ async fn pull(settings: Settings) -> anyhow::Result<Exit> {
     } else {
         Exit::Ok
     })
+}
+
+/// Restores limits a killed run left, then caps containerd's writes when
+/// configured. The cap is lifted when the returned guard is restored or
+/// dropped (also on panic); a cap that cannot be applied is reported, and
+/// the preload goes on without it.
+fn cap_containerd_writes(engine: &pull::Engine) -> Result<Option<iocap::IoCap>, iocap::IoCapError> {
+    let s = &engine.settings;
+    let state = iocap_state_path(s);
+    iocap::recover(&state)?;
+    if s.io_limits.is_empty() {
+        return Ok(None);
+    }
+    let root = std::path::Path::new(&engine.disk_path);
+    iocap::IoCap::apply(&s.socket, root, s.io_limits, &state)
+        .map(Some)
+        .inspect_err(
+            |e| tracing::error!(error = %e, "capping containerd's writes; pulling without the cap"),
+        )
+}
+
+/// Where the limits in force before a run are kept until restored: next
+/// to the report, under /run, so a reboot (which resets cgroups) forgets
+/// them too.
+pub fn iocap_state_path(s: &Settings) -> std::path::PathBuf {
+    s.report
+        .parent()
+        .unwrap_or(std::path::Path::new("/run/prewarm"))
+        .join("iocap-state.json")
 }
 
 async fn status(settings: Settings) -> anyhow::Result<Exit> {

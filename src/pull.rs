@@ -540,6 +540,7 @@ impl Engine {
             snapshotter: self.snapshotter.clone(),
             bandwidth: self.settings.bandwidth.map(|b| b.get()),
             interrupted,
+            io_cap: None,
             images,
             summary,
         }

@@ -64,6 +64,9 @@ pub struct Report {
     pub bandwidth: Option<u64>,
     /// Set when the run stopped early (deadline, signal).
     pub interrupted: Option<String>,
+    /// The IO cap put on containerd for the run, if configured.
+    #[serde(default)]
+    pub io_cap: Option<crate::iocap::IoCapReport>,
     pub images: Vec<ImageReport>,
     pub summary: Summary,
 }
@@ -197,6 +200,7 @@ mod tests {
             snapshotter: "overlayfs".into(),
             bandwidth: Some(5),
             interrupted: None,
+            io_cap: None,
             images: vec![img(ImageStatus::Pulled, true, 1)],
             summary: Summary::default(),
         };

@@ -1,0 +1,521 @@
+//! The IO cap on containerd: the disk writes of a preload happen inside
+//! containerd (ingest files, the fsync at commit, the whole unpack), so the
+//! cap goes on containerd's cgroup, on the whole disk behind its root, for
+//! the duration of the run. The previous limits are restored on every exit
+//! path: by a guard on return, error, signal and panic, and from a state
+//! file at the next start after a `kill -9`.
+//!
+//! - cgroup v2: `io.max` (`MAJ:MIN wbps=… wiops=…`), through
+//!   `systemctl set-property --runtime` when containerd is a systemd unit
+//!   (systemd's `SetUnitProperties`), else written directly.
+//! - cgroup v1: `blkio.throttle.write_{bps,iops}_device`. These only catch
+//!   direct IO and fsync, not buffered writeback: the report says so.
+
+use serde::{Deserialize, Serialize};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Write limits for containerd's disk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IoLimits {
+    pub write_bps: Option<u64>,
+    pub write_iops: Option<u64>,
+}
+
+impl IoLimits {
+    pub fn is_empty(&self) -> bool {
+        self.write_bps.is_none() && self.write_iops.is_none()
+    }
+}
+
+/// Setting or restoring the cap failed.
+#[derive(Debug, thiserror::Error)]
+pub enum IoCapError {
+    #[error("finding containerd's process behind {socket}: {message}")]
+    Peer { socket: PathBuf, message: String },
+    #[error("{path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("systemctl {args}: {message}")]
+    Systemctl { args: String, message: String },
+}
+
+fn file_err(path: &Path, e: impl std::fmt::Display) -> IoCapError {
+    IoCapError::File {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
+/// A block device number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DevNum {
+    pub major: u64,
+    pub minor: u64,
+}
+
+impl std::fmt::Display for DevNum {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.major, self.minor)
+    }
+}
+
+/// Where the cap is written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Target {
+    /// cgroup v1 blkio directory.
+    V1 { dir: PathBuf },
+    /// cgroup v2 directory, written directly.
+    V2 { dir: PathBuf },
+    /// cgroup v2 under a systemd unit.
+    Systemd { unit: String, dir: PathBuf },
+}
+
+/// What was in force before the run, to put back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Saved {
+    pub target: Target,
+    pub device: DevNum,
+    pub previous: IoLimits,
+    /// systemd's previous property values, verbatim.
+    #[serde(default)]
+    pub systemd_previous: Vec<(String, String)>,
+}
+
+/// The PID of the process serving `socket` (SO_PEERCRED).
+pub fn peer_pid(socket: &Path) -> Result<u32, IoCapError> {
+    use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+    let err = |message: String| IoCapError::Peer {
+        socket: socket.to_path_buf(),
+        message,
+    };
+    let stream = std::os::unix::net::UnixStream::connect(socket).map_err(|e| err(e.to_string()))?;
+    let cred = getsockopt(&stream, PeerCredentials).map_err(|e| err(e.to_string()))?;
+    u32::try_from(cred.pid()).map_err(|_| err(format!("bad pid {}", cred.pid())))
+}
+
+/// The whole disk behind `path`: its device, or the parent of a partition.
+pub fn disk_of(path: &Path) -> Result<DevNum, IoCapError> {
+    let meta = std::fs::metadata(path).map_err(|e| file_err(path, e))?;
+    let dev = meta.dev();
+    let num = DevNum {
+        major: nix::sys::stat::major(dev),
+        minor: nix::sys::stat::minor(dev),
+    };
+    let sys = PathBuf::from(format!("/sys/dev/block/{num}"));
+    if !sys.join("partition").exists() {
+        return Ok(num);
+    }
+    // /sys/dev/block/M:m → …/block/vda/vda1; the parent holds the disk's dev.
+    let real = std::fs::canonicalize(&sys).map_err(|e| file_err(&sys, e))?;
+    let parent_dev = real
+        .parent()
+        .map(|p| p.join("dev"))
+        .ok_or_else(|| file_err(&real, "no parent device"))?;
+    let text = std::fs::read_to_string(&parent_dev).map_err(|e| file_err(&parent_dev, e))?;
+    parse_devnum(text.trim()).ok_or_else(|| file_err(&parent_dev, format!("not MAJ:MIN: {text:?}")))
+}
+
+fn parse_devnum(s: &str) -> Option<DevNum> {
+    let (a, b) = s.split_once(':')?;
+    Some(DevNum {
+        major: a.parse().ok()?,
+        minor: b.parse().ok()?,
+    })
+}
+
+/// Finds the cgroup of `pid` from `/proc/<pid>/cgroup`, preferring a v1
+/// blkio hierarchy, else the v2 one.
+pub fn target_of(pid: u32, cgroup_root: &Path) -> Result<Target, IoCapError> {
+    let path = PathBuf::from(format!("/proc/{pid}/cgroup"));
+    let text = std::fs::read_to_string(&path).map_err(|e| file_err(&path, e))?;
+    parse_target(
+        &text,
+        cgroup_root,
+        Path::new("/run/systemd/system").exists(),
+    )
+    .ok_or_else(|| file_err(&path, "neither a blkio (v1) nor an io (v2) cgroup"))
+}
+
+/// The pure part of [`target_of`].
+pub fn parse_target(proc_cgroup: &str, root: &Path, systemd: bool) -> Option<Target> {
+    let mut v2 = None;
+    for line in proc_cgroup.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let rel = path.trim_start_matches('/');
+        if controllers.split(',').any(|c| c == "blkio") {
+            let dir = root.join("blkio").join(rel);
+            if dir.join("blkio.throttle.write_bps_device").exists() {
+                return Some(Target::V1 { dir });
+            }
+        }
+        if controllers.is_empty() {
+            // Unified hierarchy: mounted at the root itself on pure v2, or
+            // at root/unified on hybrid systems.
+            let base = if root.join("cgroup.controllers").exists() {
+                root.to_path_buf()
+            } else {
+                root.join("unified")
+            };
+            v2 = Some((base.join(rel), rel.to_string()));
+        }
+    }
+    let (dir, rel) = v2?;
+    if !dir.join("io.max").exists() && !systemd {
+        return None;
+    }
+    let unit = rel.rsplit('/').next().filter(|u| u.ends_with(".service"));
+    Some(match (systemd, unit) {
+        (true, Some(unit)) => Target::Systemd {
+            unit: unit.to_string(),
+            dir,
+        },
+        _ => Target::V2 { dir },
+    })
+}
+
+/// Reads the value for `dev` from a v1 `blkio.throttle.*_device` file.
+pub fn v1_value(text: &str, dev: DevNum) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let (d, v) = l.split_once(char::is_whitespace)?;
+        (parse_devnum(d)? == dev).then(|| v.trim().parse().ok())?
+    })
+}
+
+/// Reads `wbps` and `wiops` for `dev` from a v2 `io.max` file.
+pub fn v2_limits(text: &str, dev: DevNum) -> IoLimits {
+    let mut out = IoLimits::default();
+    for line in text.lines() {
+        let mut fields = line.split_whitespace();
+        if fields.next().and_then(parse_devnum) != Some(dev) {
+            continue;
+        }
+        for f in fields {
+            match f.split_once('=') {
+                Some(("wbps", v)) => out.write_bps = v.parse().ok(),
+                Some(("wiops", v)) => out.write_iops = v.parse().ok(),
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+/// The `io.max` line that sets `limits` on `dev` (`max` lifts a limit).
+pub fn v2_line(dev: DevNum, limits: IoLimits) -> String {
+    let v = |x: Option<u64>| x.map_or("max".to_string(), |n| n.to_string());
+    format!(
+        "{dev} wbps={} wiops={}",
+        v(limits.write_bps),
+        v(limits.write_iops)
+    )
+}
+
+fn write(path: &Path, line: &str) -> Result<(), IoCapError> {
+    std::fs::write(path, line).map_err(|e| file_err(path, format!("writing {line:?}: {e}")))
+}
+
+fn read(path: &Path) -> Result<String, IoCapError> {
+    std::fs::read_to_string(path).map_err(|e| file_err(path, e))
+}
+
+const V1_BPS: &str = "blkio.throttle.write_bps_device";
+const V1_IOPS: &str = "blkio.throttle.write_iops_device";
+const SD_BPS: &str = "IOWriteBandwidthMax";
+const SD_IOPS: &str = "IOWriteIOPSMax";
+
+fn systemctl(args: &[String]) -> Result<String, IoCapError> {
+    let out = Command::new("systemctl")
+        .args(args)
+        .output()
+        .map_err(|e| IoCapError::Systemctl {
+            args: args.join(" "),
+            message: e.to_string(),
+        })?;
+    if !out.status.success() {
+        return Err(IoCapError::Systemctl {
+            args: args.join(" "),
+            message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Reads what is in force now on `target` for `device`.
+pub fn read_current(target: &Target, device: DevNum) -> Result<Saved, IoCapError> {
+    let (previous, systemd_previous) = match target {
+        Target::V1 { dir } => (
+            IoLimits {
+                write_bps: v1_value(&read(&dir.join(V1_BPS))?, device),
+                write_iops: v1_value(&read(&dir.join(V1_IOPS))?, device),
+            },
+            Vec::new(),
+        ),
+        Target::V2 { dir } => (v2_limits(&read(&dir.join("io.max"))?, device), Vec::new()),
+        Target::Systemd { unit, dir } => {
+            let shown = systemctl(&[
+                "show".into(),
+                format!("--property={SD_BPS}"),
+                format!("--property={SD_IOPS}"),
+                unit.clone(),
+            ])?;
+            let props = shown
+                .lines()
+                .filter_map(|l| l.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let limits = read(&dir.join("io.max"))
+                .map(|t| v2_limits(&t, device))
+                .unwrap_or_default();
+            (limits, props)
+        }
+    };
+    Ok(Saved {
+        target: target.clone(),
+        device,
+        previous,
+        systemd_previous,
+    })
+}
+
+/// Writes `limits` on `target` for `device`; a `None` limit is lifted.
+pub fn write_limits(target: &Target, device: DevNum, limits: IoLimits) -> Result<(), IoCapError> {
+    match target {
+        Target::V1 { dir } => {
+            // Writing 0 removes a v1 rule.
+            write(
+                &dir.join(V1_BPS),
+                &format!("{device} {}", limits.write_bps.unwrap_or(0)),
+            )?;
+            write(
+                &dir.join(V1_IOPS),
+                &format!("{device} {}", limits.write_iops.unwrap_or(0)),
+            )
+        }
+        Target::V2 { dir } => write(&dir.join("io.max"), &v2_line(device, limits)),
+        Target::Systemd { unit, .. } => {
+            let node = format!("/dev/block/{device}");
+            let prop = |name: &str, v: Option<u64>| match v {
+                Some(n) => format!("{name}={node} {n}"),
+                None => format!("{name}="),
+            };
+            systemctl(&[
+                "set-property".into(),
+                "--runtime".into(),
+                unit.clone(),
+                prop(SD_BPS, limits.write_bps),
+                prop(SD_IOPS, limits.write_iops),
+            ])
+            .map(drop)
+        }
+    }
+}
+
+/// Puts back what [`read_current`] saw.
+pub fn restore(saved: &Saved) -> Result<(), IoCapError> {
+    match &saved.target {
+        Target::Systemd { unit, .. } if !saved.systemd_previous.is_empty() => {
+            let mut args = vec!["set-property".into(), "--runtime".into(), unit.clone()];
+            // An empty assignment resets the list; then each previous entry.
+            for (k, v) in &saved.systemd_previous {
+                args.push(format!("{k}="));
+                for entry in v.split(';').map(str::trim).filter(|e| !e.is_empty()) {
+                    args.push(format!("{k}={entry}"));
+                }
+            }
+            systemctl(&args).map(drop)
+        }
+        t => write_limits(t, saved.device, saved.previous),
+    }
+}
+
+/// The cap in force for one run; dropping it restores the previous limits
+/// and removes the state file.
+#[derive(Debug)]
+pub struct IoCap {
+    saved: Saved,
+    state: PathBuf,
+    restored: bool,
+}
+
+/// What the report says about the cap.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct IoCapReport {
+    pub cgroup: String,
+    pub device: String,
+    pub write_bps: Option<u64>,
+    pub write_iops: Option<u64>,
+    pub note: Option<String>,
+}
+
+/// The v1 caveat, said plainly in the report.
+pub const V1_NOTE: &str = "cgroup v1 blkio throttles only direct IO and fsync, not buffered writeback: containerd's unpack writes are not capped";
+
+impl IoCap {
+    /// Restores the limits a killed run left behind (from `state`), then
+    /// caps containerd (found behind `socket`) on the disk holding `root`.
+    pub fn apply(
+        socket: &Path,
+        root: &Path,
+        limits: IoLimits,
+        state: &Path,
+    ) -> Result<IoCap, IoCapError> {
+        recover(state)?;
+        let pid = peer_pid(socket)?;
+        let target = target_of(pid, Path::new("/sys/fs/cgroup"))?;
+        let device = disk_of(root)?;
+        let saved = read_current(&target, device)?;
+        let json = serde_json::to_vec_pretty(&saved).map_err(|e| file_err(state, e))?;
+        crate::report::write_atomic(state, &json).map_err(|e| file_err(state, e))?;
+        if let Err(e) = write_limits(&target, device, limits) {
+            let _ = restore(&saved);
+            let _ = std::fs::remove_file(state);
+            return Err(e);
+        }
+        tracing::info!(?target, %device, ?limits, "capped containerd's writes");
+        Ok(IoCap {
+            saved,
+            state: state.to_path_buf(),
+            restored: false,
+        })
+    }
+
+    /// For the report.
+    pub fn describe(&self, limits: IoLimits) -> IoCapReport {
+        let (cgroup, note) = match &self.saved.target {
+            Target::V1 { dir } => (dir.display().to_string(), Some(V1_NOTE.to_string())),
+            Target::V2 { dir } => (dir.display().to_string(), None),
+            Target::Systemd { unit, .. } => (format!("systemd unit {unit}"), None),
+        };
+        IoCapReport {
+            cgroup,
+            device: self.saved.device.to_string(),
+            write_bps: limits.write_bps,
+            write_iops: limits.write_iops,
+            note,
+        }
+    }
+
+    /// Restores now, reporting errors (Drop only logs them).
+    pub fn restore(mut self) -> Result<(), IoCapError> {
+        self.restored = true;
+        restore(&self.saved)?;
+        let _ = std::fs::remove_file(&self.state);
+        Ok(())
+    }
+}
+
+impl Drop for IoCap {
+    fn drop(&mut self) {
+        if self.restored {
+            return;
+        }
+        match restore(&self.saved) {
+            Ok(()) => {
+                let _ = std::fs::remove_file(&self.state);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, state = %self.state.display(), "restoring containerd's IO limits; the next run retries from the state file")
+            }
+        }
+    }
+}
+
+/// Puts back limits saved by a run that never restored them.
+pub fn recover(state: &Path) -> Result<(), IoCapError> {
+    let bytes = match std::fs::read(state) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(file_err(state, e)),
+    };
+    let saved: Saved = serde_json::from_slice(&bytes).map_err(|e| file_err(state, e))?;
+    tracing::warn!(state = %state.display(), "restoring IO limits left by an earlier run");
+    restore(&saved)?;
+    std::fs::remove_file(state).map_err(|e| file_err(state, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VDA: DevNum = DevNum {
+        major: 254,
+        minor: 0,
+    };
+
+    #[test]
+    fn v1_files() {
+        let text = "8:0 1000\n254:0 52428800\n";
+        assert_eq!(v1_value(text, VDA), Some(52_428_800));
+        assert_eq!(v1_value("8:0 1\n", VDA), None);
+        assert_eq!(v1_value("", VDA), None);
+    }
+
+    #[test]
+    fn v2_io_max() {
+        let text = "8:0 rbps=max wbps=1000 riops=max wiops=max\n254:0 rbps=max wbps=104857600 riops=max wiops=500\n";
+        assert_eq!(
+            v2_limits(text, VDA),
+            IoLimits {
+                write_bps: Some(104_857_600),
+                write_iops: Some(500)
+            }
+        );
+        assert_eq!(v2_limits("8:0 wbps=1\n", VDA), IoLimits::default());
+        assert_eq!(
+            v2_line(
+                VDA,
+                IoLimits {
+                    write_bps: Some(5),
+                    write_iops: None
+                }
+            ),
+            "254:0 wbps=5 wiops=max"
+        );
+    }
+
+    #[test]
+    fn cgroup_targets() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        // Hybrid: v1 blkio present.
+        let blkio = root.join("blkio/system.slice/containerd.service");
+        std::fs::create_dir_all(&blkio).unwrap();
+        std::fs::write(blkio.join(V1_BPS), "").unwrap();
+        let proc_cgroup =
+            "7:blkio:/system.slice/containerd.service\n0::/system.slice/containerd.service\n";
+        assert_eq!(
+            parse_target(proc_cgroup, root, true),
+            Some(Target::V1 { dir: blkio })
+        );
+        // Pure v2 under systemd.
+        let dir2 = tempfile::tempdir().unwrap();
+        let root2 = dir2.path();
+        std::fs::write(root2.join("cgroup.controllers"), "io memory").unwrap();
+        let unit_dir = root2.join("system.slice/containerd.service");
+        std::fs::create_dir_all(&unit_dir).unwrap();
+        std::fs::write(unit_dir.join("io.max"), "").unwrap();
+        assert_eq!(
+            parse_target("0::/system.slice/containerd.service\n", root2, true),
+            Some(Target::Systemd {
+                unit: "containerd.service".into(),
+                dir: unit_dir.clone()
+            })
+        );
+        assert_eq!(
+            parse_target("0::/system.slice/containerd.service\n", root2, false),
+            Some(Target::V2 { dir: unit_dir })
+        );
+        assert_eq!(parse_target("0::/nowhere\n", root2, false), None);
+    }
+
+    #[test]
+    fn partitions_resolve_to_the_whole_disk() {
+        // The root filesystem here is on a whole disk or a partition; either
+        // way the answer must be a device without a `partition` file.
+        let d = disk_of(Path::new("/")).unwrap();
+        assert!(!Path::new(&format!("/sys/dev/block/{d}/partition")).exists());
+    }
+}

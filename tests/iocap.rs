@@ -1,0 +1,196 @@
+//! The IO cap on containerd's cgroup (cgroup v1 blkio on this machine):
+//! written for the run, restored after success, after SIGTERM, and at the
+//! next start after a kill -9.
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use testbed::{Compression::Gzip, FaultProxy, Format};
+
+const BPS: &str = "blkio.throttle.write_bps_device";
+const IOPS: &str = "blkio.throttle.write_iops_device";
+
+/// A blkio cgroup holding the test's containerd; containerd goes back to
+/// the root cgroup and the directory is removed on drop.
+struct Blkio {
+    dir: PathBuf,
+    pid: u32,
+}
+
+impl Blkio {
+    fn new(name: &str, pid: u32) -> Blkio {
+        let dir = Path::new("/sys/fs/cgroup/blkio").join(format!("{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("cgroup.procs"), pid.to_string()).unwrap();
+        Blkio { dir, pid }
+    }
+
+    fn value(&self, file: &str, dev: &str) -> Option<u64> {
+        let text = std::fs::read_to_string(self.dir.join(file)).unwrap();
+        text.lines().find_map(|l| {
+            let (d, v) = l.split_once(' ')?;
+            (d == dev).then(|| v.parse().unwrap())
+        })
+    }
+}
+
+impl Drop for Blkio {
+    fn drop(&mut self) {
+        let _ = std::fs::write("/sys/fs/cgroup/blkio/cgroup.procs", self.pid.to_string());
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+fn spawn_pull(env: &Env, config: &Path) -> Child {
+    let root = env.path("root");
+    std::fs::create_dir_all(&root).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_prewarm"))
+        .arg("--config-root")
+        .arg(&root)
+        .args(["pull", "--config", config.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+struct Setup {
+    env: Env,
+    cgroup: Blkio,
+    dev: String,
+    proxy: FaultProxy,
+    capped: PathBuf,
+    reference: String,
+}
+
+fn setup(name: &str) -> Setup {
+    let env = Env::start();
+    let cgroup = Blkio::new(name, env.containerd.pid());
+    let dev = prewarm::iocap::disk_of(&env.containerd.root)
+        .unwrap()
+        .to_string();
+    // Someone set an IOPS limit before prewarm ran: it must come back.
+    std::fs::write(cgroup.dir.join(IOPS), format!("{dev} 4321")).unwrap();
+    let img = push(
+        &env.registry.host(),
+        "io/cap:1",
+        &[linux("amd64", None, layers(700, &[Gzip], 16 << 20))],
+        Format::Oci,
+        &env.path("images"),
+    );
+    let proxy = FaultProxy::start(env.registry.addr).unwrap();
+    // Slow enough to look at the cap while the pull runs.
+    proxy.throttle(Some(2 << 20));
+    let reference = img
+        .reference
+        .replacen(&env.registry.host(), &proxy.host(), 1);
+    let capped = env.config(
+        &[(&reference, true)],
+        "[throttle]\nwrite-bandwidth = \"3MiB/s\"\nwrite-iops = 200\n",
+    );
+    Setup {
+        env,
+        cgroup,
+        dev,
+        proxy,
+        capped,
+        reference,
+    }
+}
+
+fn wait_capped(s: &Setup) {
+    testbed::poll_until(
+        "the cap on containerd's cgroup",
+        Duration::from_secs(30),
+        || {
+            Ok((s.cgroup.value(BPS, &s.dev) == Some(3 << 20)
+                && s.cgroup.value(IOPS, &s.dev) == Some(200))
+            .then_some(()))
+        },
+    )
+    .unwrap();
+}
+
+fn assert_restored(s: &Setup) {
+    assert_eq!(
+        s.cgroup.value(BPS, &s.dev),
+        None,
+        "no bandwidth rule was there before"
+    );
+    assert_eq!(
+        s.cgroup.value(IOPS, &s.dev),
+        Some(4321),
+        "the earlier IOPS rule is back"
+    );
+    assert!(!s.env.path("iocap-state.json").exists());
+}
+
+#[test]
+fn cap_is_set_for_the_run_and_restored_after_success() {
+    let s = setup("pw-ok");
+    let child = spawn_pull(&s.env, &s.capped);
+    wait_capped(&s);
+    // containerd's writes are accounted in the capped cgroup.
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(exit_code(&out), 0);
+    assert_restored(&s);
+    let report = s.env.report();
+    let cap = report.io_cap.expect("the report describes the cap");
+    assert_eq!((cap.write_bps, cap.write_iops), (Some(3 << 20), Some(200)));
+    assert_eq!(cap.device, s.dev);
+    assert!(cap
+        .note
+        .unwrap_or_default()
+        .contains("not buffered writeback"));
+    let serviced =
+        std::fs::read_to_string(s.cgroup.dir.join("blkio.throttle.io_service_bytes")).unwrap();
+    assert!(
+        serviced
+            .lines()
+            .any(|l| l.starts_with(&format!("{} Write", s.dev)) && !l.ends_with(" 0")),
+        "containerd's writes went through the capped cgroup: {serviced}"
+    );
+}
+
+#[test]
+fn cap_is_restored_after_sigterm() {
+    let s = setup("pw-term");
+    let child = spawn_pull(&s.env, &s.capped);
+    wait_capped(&s);
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        exit_code(&out),
+        3,
+        "the required image is missing after the stop"
+    );
+    assert_restored(&s);
+    let report = s.env.report();
+    assert_eq!(report.interrupted.as_deref(), Some("stopped by SIGTERM"));
+}
+
+#[test]
+fn cap_left_by_kill_9_is_restored_at_the_next_start() {
+    let s = setup("pw-kill");
+    let mut child = spawn_pull(&s.env, &s.capped);
+    wait_capped(&s);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Nothing could clean up: the cap is still in force, the state is saved.
+    assert_eq!(s.cgroup.value(BPS, &s.dev), Some(3 << 20));
+    assert!(s.env.path("iocap-state.json").exists());
+    // The next run, even one without a cap configured, puts things back.
+    s.proxy.throttle(None);
+    let plain = s.env.config(&[(&s.reference, true)], "");
+    let out = s
+        .env
+        .prewarm(&["pull", "--config", plain.to_str().unwrap()]);
+    assert_eq!(exit_code(&out), 0);
+    assert_restored(&s);
+}
