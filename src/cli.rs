@@ -37,6 +37,10 @@ pub struct Cli {
     #[arg(long = "image", global = true, value_name = "REF")]
     pub images: Vec<String>,
 
+    /// Node name for register/untaint (overrides [handoff] node-name)
+    #[arg(long, global = true, value_name = "NAME")]
+    pub node_name: Option<String>,
+
     /// More logging (-v debug, -vv trace)
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -55,6 +59,10 @@ pub enum Command {
     Status,
     /// Validate the configuration and exit
     CheckConfig,
+    /// Make kubelet register the Node with the startup taint
+    Register,
+    /// Remove the startup taint, or set the readiness condition
+    Untaint,
 }
 
 impl Cli {
@@ -66,6 +74,7 @@ impl Cli {
             bandwidth: self.bandwidth.clone(),
             concurrency: self.concurrency,
             images: self.images.clone(),
+            node_name: self.node_name.clone(),
         }
     }
 }

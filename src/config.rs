@@ -7,7 +7,13 @@
 //! directory in file-name order, then `--config FILE`, then flags.
 //! `[[images]]` entries accumulate across fragments; an entry naming the
 //! same reference again replaces the earlier one.
+//!
+//! Loading does not insist on images: `register` and `untaint` need none.
+//! The commands that pull or show images call [`Settings::require_images`].
+//! `[handoff]` is always validated in full, so `register` never writes a
+//! taint that a broken handoff could leave in place.
 
+use crate::node::{Effect, Taint};
 use crate::reference::Reference;
 use serde::{de, Deserialize, Deserializer};
 use std::num::{NonZeroU32, NonZeroU64};
@@ -62,6 +68,40 @@ struct RawFragment {
     disk: RawDisk,
     #[serde(default)]
     images: Vec<RawImage>,
+    #[serde(default)]
+    handoff: RawHandoff,
+    #[serde(default)]
+    register: RawRegister,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawHandoff {
+    mode: Option<String>,
+    kubeconfig: Option<PathBuf>,
+    node_name: Option<String>,
+    deadline: Option<HumanDuration>,
+    on_deadline: Option<String>,
+    give_up_after: Option<HumanDuration>,
+    request_timeout: Option<HumanDuration>,
+    taint_key: Option<String>,
+    taint_value: Option<String>,
+    taint_effect: Option<String>,
+    condition_type: Option<String>,
+    started_file: Option<PathBuf>,
+    pre_taint: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawRegister {
+    method: Option<String>,
+    kubelet_config_dir: Option<PathBuf>,
+    kubelet_config: Option<PathBuf>,
+    kubeadm_config: Option<PathBuf>,
+    kubelet_env: Option<PathBuf>,
+    k3s_config: Option<PathBuf>,
+    rke2_config: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -264,6 +304,135 @@ pub struct ImageEntry {
     pub source: PathBuf,
 }
 
+/// How `untaint` hands the node over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandoffMode {
+    /// Remove the taint with a dedicated credential (JSON patch).
+    Direct,
+    /// Set a node condition with the kubelet's credential; a cluster-side
+    /// controller (node-readiness-controller) removes the taint.
+    Condition,
+}
+
+/// What to do when the deadline passes, the preload failed or the report
+/// cannot be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnDeadline {
+    /// Fail open: hand the node over anyway and say why.
+    Untaint,
+    /// Leave the taint, with an annotation (and condition) that says why.
+    Keep,
+}
+
+/// How `register` makes kubelet register with the taint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegisterMethod {
+    /// Detect, in this order: kubeadm join config, k3s, rke2, kubelet
+    /// `--config-dir`, kubelet flags env file.
+    Auto,
+    KubeletConfigDir,
+    Kubeadm,
+    KubeletEnv,
+    K3s,
+    Rke2,
+}
+
+impl RegisterMethod {
+    /// The name used in configuration and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            RegisterMethod::Auto => "auto",
+            RegisterMethod::KubeletConfigDir => "kubelet-config-dir",
+            RegisterMethod::Kubeadm => "kubeadm",
+            RegisterMethod::KubeletEnv => "kubelet-env",
+            RegisterMethod::K3s => "k3s",
+            RegisterMethod::Rke2 => "rke2",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        [
+            RegisterMethod::Auto,
+            RegisterMethod::KubeletConfigDir,
+            RegisterMethod::Kubeadm,
+            RegisterMethod::KubeletEnv,
+            RegisterMethod::K3s,
+            RegisterMethod::Rke2,
+        ]
+        .into_iter()
+        .find(|m| m.name() == s)
+    }
+}
+
+/// Default taint key in direct mode: counted as upcoming capacity by the
+/// Cluster Autoscaler.
+pub const DIRECT_TAINT_KEY: &str = "startup-taint.cluster-autoscaler.kubernetes.io/prewarm";
+/// Default taint key in condition mode: node-readiness-controller only
+/// manages keys under `readiness.k8s.io/`.
+pub const CONDITION_TAINT_KEY: &str = "readiness.k8s.io/prewarm-images";
+/// Default node condition type set in condition mode.
+pub const CONDITION_TYPE: &str = "prewarm.io/ImagesReady";
+/// Default dedicated credential for direct mode.
+pub const DIRECT_KUBECONFIG: &str = "/etc/prewarm/kubeconfig";
+/// Default kubelet credentials for condition mode, the first that exists
+/// wins: kubeadm's, k3s's, rke2's.
+pub const KUBELET_KUBECONFIGS: [&str; 3] = [
+    "/etc/kubernetes/kubelet.conf",
+    "/var/lib/rancher/k3s/agent/kubelet.kubeconfig",
+    "/var/lib/rancher/rke2/agent/kubelet.kubeconfig",
+];
+
+/// Validated `[handoff]` settings.
+#[derive(Debug, Clone)]
+pub struct Handoff {
+    pub mode: HandoffMode,
+    pub kubeconfig: PathBuf,
+    /// The fragment that set `kubeconfig`, if one did.
+    pub kubeconfig_source: Option<PathBuf>,
+    /// `None`: the hostname, lowercased, as kubelet does.
+    pub node_name: Option<String>,
+    /// Counted from the start stamp `register` writes (see `node`).
+    pub deadline: Duration,
+    pub on_deadline: OnDeadline,
+    /// After the deadline, how much longer `untaint` keeps trying to reach
+    /// the API server and find the Node before it gives up (exit 5).
+    pub give_up_after: Duration,
+    pub request_timeout: Duration,
+    pub taint: Taint,
+    pub condition_type: String,
+    pub started_file: PathBuf,
+    /// Whether `register` adds the taint to a Node object that survived a
+    /// reimage (direct mode only: the kubelet's credential cannot).
+    pub pre_taint: bool,
+}
+
+impl Handoff {
+    /// The credentials to try, in order: the configured one, or in
+    /// condition mode without one, the kubelet credentials of kubeadm, k3s
+    /// and rke2.
+    pub fn kubeconfig_candidates(&self) -> Vec<PathBuf> {
+        if self.kubeconfig_source.is_some() || self.mode == HandoffMode::Direct {
+            vec![self.kubeconfig.clone()]
+        } else {
+            KUBELET_KUBECONFIGS.iter().map(PathBuf::from).collect()
+        }
+    }
+}
+
+/// Validated `[register]` settings.
+#[derive(Debug, Clone)]
+pub struct RegisterSettings {
+    pub method: RegisterMethod,
+    pub kubelet_config_dir: PathBuf,
+    pub kubelet_config: PathBuf,
+    pub kubeadm_config: PathBuf,
+    /// `None`: `/etc/default/kubelet`, or `/etc/sysconfig/kubelet` where that
+    /// exists and the first does not.
+    pub kubelet_env: Option<PathBuf>,
+    pub k3s_config: PathBuf,
+    pub rke2_config: PathBuf,
+}
+
 /// Validated settings for a run.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -289,8 +458,18 @@ pub struct Settings {
     pub max_usage_percent: u8,
     pub unpack_ratio: f64,
     pub images: Vec<ImageEntry>,
+    pub handoff: Handoff,
+    pub register: RegisterSettings,
     /// Every fragment read, in order.
     pub sources: Vec<PathBuf>,
+    handoff_sources: HandoffSources,
+}
+
+/// Which fragment set the `[handoff]` keys that are checked against each
+/// other at the end.
+#[derive(Debug, Clone, Default)]
+struct HandoffSources {
+    taint_key: Option<PathBuf>,
 }
 
 /// Overrides from the command line, applied last.
@@ -301,6 +480,7 @@ pub struct Overrides {
     pub bandwidth: Option<String>,
     pub concurrency: Option<NonZeroU32>,
     pub images: Vec<String>,
+    pub node_name: Option<String>,
 }
 
 /// Lists the fragment files under `root` (normally `/`), in merge order,
@@ -354,18 +534,7 @@ pub fn load_str(
         s.sources.push(path.clone());
     }
     s.apply_overrides(overrides)?;
-    if s.images.is_empty() {
-        let searched = if s.sources.is_empty() {
-            FRAGMENT_DIRS.map(|d| format!("/{d}")).join(", ")
-        } else {
-            s.sources
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        return Err(ConfigError::NoImages { searched });
-    }
+    s.finish_handoff()?;
     Ok(s)
 }
 
@@ -395,6 +564,25 @@ pub fn parse_platform(s: &str) -> Result<crate::manifest::Platform, String> {
 }
 
 impl Settings {
+    /// Fails unless at least one image is configured. `pull`, `plan`,
+    /// `status` and `check-config` call this; `register` and `untaint` do
+    /// not need images.
+    pub fn require_images(&self) -> Result<(), ConfigError> {
+        if !self.images.is_empty() {
+            return Ok(());
+        }
+        let searched = if self.sources.is_empty() {
+            FRAGMENT_DIRS.map(|d| format!("/{d}")).join(", ")
+        } else {
+            self.sources
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        Err(ConfigError::NoImages { searched })
+    }
+
     fn defaults() -> Self {
         Settings {
             socket: "/run/containerd/containerd.sock".into(),
@@ -418,7 +606,35 @@ impl Settings {
             max_usage_percent: 80,
             unpack_ratio: 2.5,
             images: Vec::new(),
+            handoff: Handoff {
+                mode: HandoffMode::Direct,
+                kubeconfig: PathBuf::new(),
+                kubeconfig_source: None,
+                node_name: None,
+                deadline: Duration::from_secs(15 * 60),
+                on_deadline: OnDeadline::Untaint,
+                give_up_after: Duration::from_secs(30 * 60),
+                request_timeout: Duration::from_secs(10),
+                taint: Taint {
+                    key: String::new(),
+                    value: None,
+                    effect: Effect::NoSchedule,
+                },
+                condition_type: CONDITION_TYPE.into(),
+                started_file: "/run/prewarm/started".into(),
+                pre_taint: true,
+            },
+            register: RegisterSettings {
+                method: RegisterMethod::Auto,
+                kubelet_config_dir: "/etc/kubernetes/kubelet.conf.d".into(),
+                kubelet_config: "/var/lib/kubelet/config.yaml".into(),
+                kubeadm_config: "/run/kubeadm/kubeadm-join-config.yaml".into(),
+                kubelet_env: None,
+                k3s_config: "/etc/rancher/k3s/config.yaml".into(),
+                rke2_config: "/etc/rancher/rke2/config.yaml".into(),
+            },
             sources: Vec::new(),
+            handoff_sources: HandoffSources::default(),
         }
     }
 
@@ -528,6 +744,8 @@ impl Settings {
             }
             self.unpack_ratio = v;
         }
+        self.apply_handoff(path, raw.handoff)?;
+        self.apply_register(path, raw.register)?;
         for (i, img) in raw.images.into_iter().enumerate() {
             let key = format!("images[{i}].ref");
             let reference =
@@ -553,8 +771,180 @@ impl Settings {
         }
     }
 
+    fn apply_handoff(&mut self, path: &Path, h: RawHandoff) -> Result<(), ConfigError> {
+        let t = &mut self.handoff;
+        if let Some(v) = h.mode {
+            t.mode = match v.as_str() {
+                "direct" => HandoffMode::Direct,
+                "condition" => HandoffMode::Condition,
+                _ => {
+                    return Err(invalid(
+                        path,
+                        "handoff.mode",
+                        format!("{v:?} is not \"direct\" or \"condition\""),
+                    ))
+                }
+            };
+        }
+        if let Some(v) = h.kubeconfig {
+            if v.as_os_str().is_empty() {
+                return Err(invalid(path, "handoff.kubeconfig", "must not be empty"));
+            }
+            t.kubeconfig = v;
+            t.kubeconfig_source = Some(path.to_path_buf());
+        }
+        if let Some(v) = h.node_name {
+            t.node_name = Some(
+                crate::node::validate_node_name(&v)
+                    .map_err(|m| invalid(path, "handoff.node-name", m))?,
+            );
+        }
+        if let Some(v) = h.deadline {
+            t.deadline = v.0;
+        }
+        if let Some(v) = h.on_deadline {
+            t.on_deadline = match v.as_str() {
+                "untaint" => OnDeadline::Untaint,
+                "keep" => OnDeadline::Keep,
+                _ => {
+                    return Err(invalid(
+                        path,
+                        "handoff.on-deadline",
+                        format!("{v:?} is not \"untaint\" or \"keep\""),
+                    ))
+                }
+            };
+        }
+        if let Some(v) = h.give_up_after {
+            t.give_up_after = v.0;
+        }
+        if let Some(v) = h.request_timeout {
+            t.request_timeout = v.0;
+        }
+        if let Some(v) = h.taint_key {
+            crate::node::validate_taint_key(&v)
+                .map_err(|m| invalid(path, "handoff.taint-key", m))?;
+            t.taint.key = v;
+            self.handoff_sources.taint_key = Some(path.to_path_buf());
+        }
+        if let Some(v) = h.taint_value {
+            crate::node::validate_taint_value(&v)
+                .map_err(|m| invalid(path, "handoff.taint-value", m))?;
+            t.taint.value = (!v.is_empty()).then_some(v);
+        }
+        if let Some(v) = h.taint_effect {
+            t.taint.effect =
+                Effect::parse(&v).map_err(|m| invalid(path, "handoff.taint-effect", m))?;
+        }
+        if let Some(v) = h.condition_type {
+            crate::node::validate_condition_type(&v)
+                .map_err(|m| invalid(path, "handoff.condition-type", m))?;
+            t.condition_type = v;
+        }
+        if let Some(v) = h.started_file {
+            if v.as_os_str().is_empty() {
+                return Err(invalid(path, "handoff.started-file", "must not be empty"));
+            }
+            t.started_file = v;
+        }
+        if let Some(v) = h.pre_taint {
+            t.pre_taint = v;
+        }
+        Ok(())
+    }
+
+    fn apply_register(&mut self, path: &Path, r: RawRegister) -> Result<(), ConfigError> {
+        let t = &mut self.register;
+        if let Some(v) = r.method {
+            t.method = RegisterMethod::parse(&v).ok_or_else(|| {
+                invalid(
+                    path,
+                    "register.method",
+                    format!(
+                        "{v:?} is not one of \"auto\", \"kubelet-config-dir\", \"kubeadm\", \
+                         \"kubelet-env\", \"k3s\", \"rke2\""
+                    ),
+                )
+            })?;
+        }
+        let paths = [
+            (
+                "register.kubelet-config-dir",
+                r.kubelet_config_dir,
+                &mut t.kubelet_config_dir,
+            ),
+            (
+                "register.kubelet-config",
+                r.kubelet_config,
+                &mut t.kubelet_config,
+            ),
+            (
+                "register.kubeadm-config",
+                r.kubeadm_config,
+                &mut t.kubeadm_config,
+            ),
+            ("register.k3s-config", r.k3s_config, &mut t.k3s_config),
+            ("register.rke2-config", r.rke2_config, &mut t.rke2_config),
+        ];
+        for (key, value, slot) in paths {
+            if let Some(v) = value {
+                if v.as_os_str().is_empty() {
+                    return Err(invalid(path, key, "must not be empty"));
+                }
+                *slot = v;
+            }
+        }
+        if let Some(v) = r.kubelet_env {
+            if v.as_os_str().is_empty() {
+                return Err(invalid(path, "register.kubelet-env", "must not be empty"));
+            }
+            t.kubelet_env = Some(v);
+        }
+        Ok(())
+    }
+
+    /// Fills in the mode-dependent defaults and checks keys against each
+    /// other once every fragment has been read.
+    fn finish_handoff(&mut self) -> Result<(), ConfigError> {
+        let h = &mut self.handoff;
+        if h.kubeconfig.as_os_str().is_empty() {
+            h.kubeconfig = match h.mode {
+                HandoffMode::Direct => DIRECT_KUBECONFIG,
+                HandoffMode::Condition => KUBELET_KUBECONFIGS[0],
+            }
+            .into();
+        }
+        if h.taint.key.is_empty() {
+            h.taint.key = match h.mode {
+                HandoffMode::Direct => DIRECT_TAINT_KEY,
+                HandoffMode::Condition => CONDITION_TAINT_KEY,
+            }
+            .into();
+        } else if h.mode == HandoffMode::Condition
+            && !h.taint.key.starts_with(crate::node::READINESS_PREFIX)
+        {
+            let src = self.handoff_sources.taint_key.clone().unwrap_or_default();
+            return Err(invalid(
+                &src,
+                "handoff.taint-key",
+                format!(
+                    "{:?}: in condition mode the key must start with {:?}, the only taints \
+                     node-readiness-controller removes; otherwise nothing would ever remove it",
+                    h.taint.key,
+                    crate::node::READINESS_PREFIX
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     fn apply_overrides(&mut self, o: &Overrides) -> Result<(), ConfigError> {
         let flags = Path::new("command line");
+        if let Some(v) = &o.node_name {
+            self.handoff.node_name = Some(
+                crate::node::validate_node_name(v).map_err(|m| invalid(flags, "--node-name", m))?,
+            );
+        }
         if let Some(v) = &o.socket {
             self.socket = v.clone();
         }
@@ -586,6 +976,13 @@ mod tests {
     use super::*;
 
     fn load1(text: &str) -> Result<Settings, ConfigError> {
+        let s = load_handoff(text)?;
+        s.require_images()?;
+        Ok(s)
+    }
+
+    /// Loading alone, as `register` and `untaint` do: no images needed.
+    fn load_handoff(text: &str) -> Result<Settings, ConfigError> {
         load_str(
             &[("/etc/prewarm/config.d/50-site.toml".into(), text.into())],
             &Overrides::default(),
@@ -634,6 +1031,28 @@ mod tests {
     }
 
     #[test]
+    fn handoff_defaults_follow_the_mode() {
+        let s = load_handoff("version = 1\n").unwrap();
+        assert_eq!(s.handoff.mode, HandoffMode::Direct);
+        assert_eq!(s.handoff.taint.key, DIRECT_TAINT_KEY);
+        assert_eq!(s.handoff.kubeconfig, PathBuf::from(DIRECT_KUBECONFIG));
+        assert_eq!(s.handoff.deadline, Duration::from_secs(900));
+        assert_eq!(s.handoff.on_deadline, OnDeadline::Untaint);
+        let s = load_handoff(
+            "version = 1\n[handoff]\nmode = \"condition\"\non-deadline = \"keep\"\ndeadline = \"5m\"\n\
+             taint-value = \"pending\"\n[register]\nmethod = \"k3s\"\n",
+        )
+        .unwrap();
+        assert_eq!(s.handoff.taint.key, CONDITION_TAINT_KEY);
+        assert_eq!(s.handoff.taint.value.as_deref(), Some("pending"));
+        assert_eq!(s.handoff.kubeconfig_candidates().len(), 3);
+        assert_eq!(s.handoff.on_deadline, OnDeadline::Keep);
+        assert_eq!(s.register.method, RegisterMethod::K3s);
+        // Images are needed only where they are asked for.
+        assert!(s.require_images().is_err());
+    }
+
+    #[test]
     fn errors_name_file_and_key() {
         let cases = [
             ("[[images]]\nref = \"a\"\n", "version"),
@@ -659,6 +1078,26 @@ mod tests {
             ),
             ("version = 1\n[pull]\ndeadline = \"0s\"\n", "deadline"),
             ("version = 1\n", "no images configured"),
+            (
+                "version = 1\n[handoff]\nmode = \"both\"\n",
+                "key `handoff.mode`",
+            ),
+            (
+                "version = 1\n[handoff]\non-deadline = \"never\"\n",
+                "key `handoff.on-deadline`",
+            ),
+            (
+                "version = 1\n[handoff]\ntaint-effect = \"NoScheduleX\"\n",
+                "key `handoff.taint-effect`",
+            ),
+            (
+                "version = 1\n[handoff]\nmode = \"condition\"\ntaint-key = \"example.com/warm\"\n",
+                "must start with \"readiness.k8s.io/\"",
+            ),
+            (
+                "version = 1\n[register]\nmethod = \"systemd\"\n",
+                "key `register.method`",
+            ),
         ];
         for (text, want) in cases {
             let err = load1(text).unwrap_err().to_string();

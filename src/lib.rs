@@ -10,6 +10,21 @@
 //! | 2 | usage or configuration error; nothing was contacted or written |
 //! | 3 | a required image is not present after the run |
 //! | 4 | containerd or its CRI service could not be reached |
+//! | 5 | `untaint`: the Kubernetes API refused or never answered, so the outcome could not be written to the Node (401/403, or unreachable past the deadline plus `give-up-after`) |
+//!
+//! `register` exits 2, writing no taint, when any part of the configuration
+//! (including `[handoff]`) is invalid, when direct mode's credential does
+//! not load, or when it cannot tell how the node joins. `untaint` exits 0
+//! once the outcome is on the Node, including when `on-deadline = "keep"`
+//! kept the taint (the annotation says why).
+//!
+//! # Node lifecycle
+//!
+//! `register` (before kubelet) makes the Node register with the startup
+//! taint and writes the start stamp the deadline counts from; `untaint`
+//! (after kubelet registered) removes the taint or sets the readiness
+//! condition. See [`node`] for the flavours, the detection order and the
+//! deadline policy.
 
 pub mod cli;
 pub mod config;
@@ -19,6 +34,7 @@ pub mod disk;
 pub mod estimate;
 pub mod iocap;
 pub mod manifest;
+pub mod node;
 pub mod plan;
 pub mod pull;
 pub mod reference;
@@ -56,6 +72,7 @@ pub enum Exit {
     Config = 2,
     RequiredMissing = 3,
     Unreachable = 4,
+    KubeApi = 5,
 }
 
 /// Maps an error to its exit code.
@@ -72,6 +89,20 @@ pub fn exit_for(e: &anyhow::Error) -> Exit {
         if cause.is::<cri::CriError>() {
             return Exit::Unreachable;
         }
+        if let Some(r) = cause.downcast_ref::<node::register::RegisterError>() {
+            if matches!(r, node::register::RegisterError::Undetected { .. }) {
+                return Exit::Config;
+            }
+        }
+        if let Some(a) = cause.downcast_ref::<node::api::ApiError>() {
+            return match a {
+                node::api::ApiError::Kubeconfig { .. } => Exit::Config,
+                _ => Exit::KubeApi,
+            };
+        }
+        if cause.is::<node::untaint::UntaintError>() {
+            return Exit::KubeApi;
+        }
     }
     Exit::Failure
 }
@@ -85,7 +116,13 @@ pub fn load_settings(cli: &Cli) -> Result<Settings, ConfigError> {
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<Exit> {
     let settings = load_settings(&cli)?;
+    // register and untaint need no images; the others do.
+    if !matches!(cli.command, Command::Register | Command::Untaint) {
+        settings.require_images()?;
+    }
     match cli.command {
+        Command::Register => register(settings).await,
+        Command::Untaint => untaint(settings).await,
         Command::CheckConfig => {
             println!(
                 "configuration ok: {} images from {} fragment(s)",
@@ -266,6 +303,123 @@ async fn status(settings: Settings) -> anyhow::Result<Exit> {
     } else {
         Exit::Ok
     })
+}
+
+/// The node name from `[handoff] node-name`, else the hostname as kubelet
+/// derives it.
+fn node_name(settings: &Settings) -> anyhow::Result<String> {
+    match &settings.handoff.node_name {
+        Some(n) => Ok(n.clone()),
+        None => {
+            let n = node::default_node_name().context("reading the hostname for the node name")?;
+            node::validate_node_name(&n).map_err(|m| {
+                anyhow::anyhow!(
+                    "the hostname is not a usable node name: {m}; set [handoff] node-name"
+                )
+            })
+        }
+    }
+}
+
+async fn register(settings: Settings) -> anyhow::Result<Exit> {
+    // Nothing is written unless the handoff could remove the taint again.
+    let api = node::register::check_credential(&settings).await?;
+    let name = node_name(&settings)?;
+    let h = &settings.handoff;
+    let retry = retry::Retry::new(2);
+    let done = node::register::register(
+        &settings,
+        api.as_ref(),
+        &name,
+        &node::clock::SystemClock,
+        retry,
+    )
+    .await
+    .context("registering the startup taint")?;
+    let reference = match done.reference {
+        node::clock::Reference::Stamp(d) => {
+            format!("start stamp at {:.1}s after boot", d.as_secs_f64())
+        }
+        node::clock::Reference::Boot => "boot".into(),
+    };
+    tracing::info!(
+        "register: method={} file={} {} taint={} deadline={:?} from {} node={} existing-node={}",
+        done.method.name(),
+        done.path.display(),
+        done.change,
+        h.taint,
+        h.deadline,
+        reference,
+        name,
+        done.node.as_deref().unwrap_or("not checked")
+    );
+    Ok(Exit::Ok)
+}
+
+async fn untaint(settings: Settings) -> anyhow::Result<Exit> {
+    let h = &settings.handoff;
+    let name = node_name(&settings)?;
+    let clock = node::clock::SystemClock;
+    let reference = node::clock::read_reference(&h.started_file, &clock);
+    let since_boot = node::clock::Clock::since_boot(&clock).context("reading /proc/uptime")?;
+    let tl = node::untaint::Timeline::new(reference, since_boot, h);
+    // In condition mode the kubelet's credential appears only after its TLS
+    // bootstrap: wait for it, within the same bounds as for the Node.
+    let candidates = h.kubeconfig_candidates();
+    let wait = retry::Retry {
+        retries: u32::MAX,
+        ..retry::Retry::new(0)
+    };
+    let kubeconfig = wait
+        .run_until(
+            tl.give_up,
+            "waiting for the kubeconfig",
+            |_: &String| h.mode == config::HandoffMode::Condition,
+            |_| {
+                let found = candidates.iter().find(|p| p.exists()).cloned();
+                let list = candidates
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                async move { found.ok_or(list) }
+            },
+        )
+        .await
+        .map_err(|list| ConfigError::Invalid {
+            path: h
+                .kubeconfig_source
+                .clone()
+                .unwrap_or_else(|| "built-in default".into()),
+            key: "handoff.kubeconfig".into(),
+            message: format!("no credential to hand the node over with: none of {list} exists"),
+        })?;
+    let api = node::api::KubeNodeApi::from_kubeconfig(&kubeconfig, h.request_timeout).await?;
+    let run = node::untaint::Untaint {
+        api: &api,
+        handoff: h,
+        node: name,
+        report: settings.report.clone(),
+        retry: retry::Retry::new(u32::MAX),
+        conflict_retries: 10,
+    };
+    let outcome = run.run(tl).await.context("handing the node over")?;
+    let r = &outcome.record;
+    tracing::info!(
+        "untaint: node={} result={} action={} images={} required-missing={} seconds={:.1}{}",
+        outcome.node,
+        r.result,
+        r.action.as_str(),
+        r.images.as_deref().unwrap_or("-"),
+        r.required_missing
+            .map_or("-".to_string(), |n| n.to_string()),
+        r.seconds,
+        r.reason
+            .as_ref()
+            .map(|w| format!(" reason={w:?}"))
+            .unwrap_or_default()
+    );
+    Ok(Exit::Ok)
 }
 
 fn yes_no(b: bool) -> &'static str {
