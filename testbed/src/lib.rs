@@ -12,6 +12,7 @@
 mod containerd;
 pub mod http;
 mod image;
+pub mod kubeapi;
 mod proc;
 mod proxy;
 mod registry;
@@ -21,6 +22,7 @@ pub use containerd::Containerd;
 pub use image::{
     push_image, random_bytes, BuiltManifest, Compression, Format, ImageSpec, LayerSpec, PushedImage,
 };
+pub use kubeapi::{Credential, KubeApi, Outage, Role};
 pub use proxy::{FaultProxy, Logged};
 pub use registry::{Registry, Tls, TokenRequest};
 
