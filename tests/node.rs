@@ -4,7 +4,7 @@
 //! admission policy), running the real binary with the real kube client.
 //! Every wait polls with a bound; servers are stopped on drop.
 
-use prewarm::report::{ImageReport, ImageStatus, Report, Summary};
+use prewarm::report::{ImageReport, Report, Summary};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
@@ -98,41 +98,36 @@ impl Case {
     }
 
     /// Writes a preload report: three images, `missing` required ones
-    /// failed.
+    /// failed. Built from JSON, as `untaint` reads it, so that fields the
+    /// report gains later (all optional or defaulted) need no change here.
     fn report(&self, missing: usize) {
-        let images: Vec<ImageReport> = (0..3)
-            .map(|i| ImageReport {
-                reference: format!("registry.example/app{i}:1"),
-                required: true,
-                priority: 0,
-                digest: None,
-                image_id: None,
-                status: if i < missing {
-                    ImageStatus::Failed
-                } else {
-                    ImageStatus::Pulled
-                },
-                reason: (i < missing).then(|| "disk budget".to_string()),
-                bytes: 10,
-                size: 10,
-                seconds: 1.0,
+        let images: Vec<Value> = (0..3)
+            .map(|i| {
+                json!({
+                    "ref": format!("registry.example/app{i}:1"),
+                    "required": true,
+                    "priority": 0,
+                    "status": if i < missing { "failed" } else { "pulled" },
+                    "reason": (i < missing).then_some("disk budget"),
+                    "bytes": 10,
+                    "size": 10,
+                    "seconds": 1.0,
+                })
             })
             .collect();
-        let summary = Summary::of(&images, 12.5);
-        Report {
-            version: 1,
-            started_at: "2025-01-01T00:00:00Z".into(),
-            finished_at: "2025-01-01T00:00:12Z".into(),
-            platform: "linux/amd64".into(),
-            snapshotter: "overlayfs".into(),
-            bandwidth: None,
-            interrupted: None,
-            io_cap: None,
-            images,
-            summary,
-        }
-        .write(&self.path("report.json"))
+        let parsed: Vec<ImageReport> =
+            serde_json::from_value(Value::Array(images.clone())).unwrap();
+        let report: Report = serde_json::from_value(json!({
+            "version": 1,
+            "started_at": "2025-01-01T00:00:00Z",
+            "finished_at": "2025-01-01T00:00:12Z",
+            "platform": "linux/amd64",
+            "snapshotter": "overlayfs",
+            "images": images,
+            "summary": Summary::of(&parsed, 12.5),
+        }))
         .unwrap();
+        report.write(&self.path("report.json")).unwrap();
     }
 
     /// The start stamp, as `register` writes it, counting from now.
