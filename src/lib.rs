@@ -10,7 +10,7 @@
 //! | 2 | usage or configuration error; nothing was contacted or written |
 //! | 3 | a required image is not present after the run |
 //! | 4 | containerd or its CRI service could not be reached |
-//! | 5 | `untaint`: the Kubernetes API refused or never answered, so the outcome could not be written to the Node (401/403, or unreachable past the deadline plus `give-up-after`) |
+//! | 5 | `untaint`: the Kubernetes API refused or never answered, so the outcome could not be written to the Node (401/403), or it or the Node was not there by the deadline plus `give-up-after` |
 //!
 //! `register` exits 2, writing no taint, when any part of the configuration
 //! (including `[handoff]`) is invalid, when direct mode's credential does
