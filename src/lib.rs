@@ -41,6 +41,7 @@ pub mod reference;
 pub mod registry;
 pub mod report;
 pub mod retry;
+pub mod systemd;
 pub mod throttle;
 
 use anyhow::Context;
@@ -446,7 +447,14 @@ async fn stop_signal() -> String {
 }
 
 /// Sets up logging: stderr without timestamps (journald adds them), plus
-/// journald when its socket exists. Never fails because journald is absent.
+/// journald with structured fields when its socket exists. Never fails
+/// because journald is absent or refuses the connection.
+///
+/// Under a unit with `StandardError=journal` or `journal+console`, stderr
+/// already reaches the journal (`$JOURNAL_STREAM` names it), so the native
+/// journald layer is left out: each line appears once, and `+console` still
+/// gets it. Run by hand or from cloud-init's runcmd, prewarm logs both to
+/// stderr and to the journal.
 pub fn init_logging(verbose: u8) {
     use tracing_subscriber::prelude::*;
     let default = match verbose {
@@ -461,7 +469,9 @@ pub fn init_logging(verbose: u8) {
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
-    let journald = if std::path::Path::new("/run/systemd/journal/socket").exists() {
+    let journald = if std::path::Path::new("/run/systemd/journal/socket").exists()
+        && !systemd::stderr_is_journal()
+    {
         tracing_journald::layer().ok()
     } else {
         None

@@ -5,7 +5,6 @@
 use crate::{push_image, random_bytes, Compression, Containerd, Format, ImageSpec, LayerSpec};
 use crate::{PushedImage, Registry};
 use anyhow::{bail, Context, Result};
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
@@ -98,30 +97,39 @@ pub struct Measured {
     pub status: ExitStatus,
     /// Wall-clock time from spawn to exit.
     pub wall: Duration,
-    /// Peak resident set size of the process, in bytes (from wait4).
+    /// Peak resident set size of the process, in bytes (VmHWM).
     pub max_rss: u64,
 }
 
 /// Runs `cmd` to completion and measures wall time and the peak RSS of
-/// that one child (wait4's rusage, not the whole process tree).
+/// that one process. The peak is the kernel's high-water mark of the
+/// program's own memory (`VmHWM`, reset by exec), read every 5 ms while it
+/// runs: wait4's `ru_maxrss` would also count the pages the child shared
+/// with this (large) process between fork and exec.
 pub fn measure(mut cmd: Command) -> Result<Measured> {
     let start = Instant::now();
-    let child = cmd.spawn().with_context(|| format!("starting {cmd:?}"))?;
-    let pid = child.id() as libc::pid_t;
-    let mut status: libc::c_int = 0;
-    // SAFETY: an all-zero rusage is a valid value for wait4 to fill in.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: pid is our own unwaited child; the pointers are valid.
-    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    let wall = start.elapsed();
-    if r != pid {
-        bail!("wait4 for {cmd:?}: {}", std::io::Error::last_os_error());
-    }
-    std::mem::forget(child); // already reaped
+    let mut child = cmd.spawn().with_context(|| format!("starting {cmd:?}"))?;
+    let status_path = format!("/proc/{}/status", child.id());
+    let mut max_rss = 0u64;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if let Ok(text) = std::fs::read_to_string(&status_path) {
+            let hwm = text
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
+            if let Some(kb) = hwm {
+                max_rss = max_rss.max(kb * 1024);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
     Ok(Measured {
-        status: ExitStatus::from_raw(status),
-        wall,
-        max_rss: usage.ru_maxrss as u64 * 1024,
+        status,
+        wall: start.elapsed(),
+        max_rss,
     })
 }
 
