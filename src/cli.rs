@@ -63,6 +63,13 @@ pub enum Command {
     Register,
     /// Remove the startup taint, or set the readiness condition
     Untaint,
+    /// Remove preloaded images no longer listed and not in use (dry run
+    /// unless --apply)
+    Gc {
+        /// Delete them, rather than only show what would go
+        #[arg(long)]
+        apply: bool,
+    },
 }
 
 impl Cli {

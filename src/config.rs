@@ -44,7 +44,7 @@ pub enum ConfigError {
         message: String,
     },
     #[error(
-        "no images configured: add [[images]] entries with a `ref` key to a fragment in {searched}"
+        "no images configured: add [[images]] entries with a `ref` key, or [[sources]], to a fragment in {searched}"
     )]
     NoImages { searched: String },
 }
@@ -68,6 +68,8 @@ struct RawFragment {
     disk: RawDisk,
     #[serde(default)]
     images: Vec<RawImage>,
+    #[serde(default)]
+    sources: Vec<RawSource>,
     #[serde(default)]
     handoff: RawHandoff,
     #[serde(default)]
@@ -132,6 +134,9 @@ struct RawPull {
     deadline: Option<HumanDuration>,
     platform: Option<String>,
     report: Option<PathBuf>,
+    require_digest: Option<bool>,
+    state_dir: Option<PathBuf>,
+    gc: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -150,15 +155,29 @@ struct RawDisk {
     unpack_ratio: Option<f64>,
 }
 
+/// A `[[sources]]` entry: where more image list entries come from.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct RawImage {
+struct RawSource {
+    kind: String,
+    name: Option<String>,
+    path: Option<PathBuf>,
+    url: Option<String>,
+    sha256: Option<String>,
+    checksum_url: Option<String>,
+    ca: Option<PathBuf>,
+    timeout: Option<HumanDuration>,
+    priority: Option<i32>,
+    required: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(crate) struct RawImage {
     #[serde(rename = "ref")]
-    reference: String,
-    #[serde(default)]
-    priority: i32,
-    #[serde(default)]
-    required: bool,
+    pub(crate) reference: String,
+    pub(crate) priority: Option<i32>,
+    pub(crate) required: Option<bool>,
 }
 
 // ---------------------------------------------------------------------------
@@ -300,8 +319,10 @@ pub struct ImageEntry {
     pub priority: i32,
     /// A required image that is not present fails the run.
     pub required: bool,
-    /// The fragment that listed it.
+    /// The fragment or list that listed it.
     pub source: PathBuf,
+    /// Where in `source`: `images[2]`, `line 7`.
+    pub key: String,
 }
 
 /// How `untaint` hands the node over.
@@ -458,6 +479,14 @@ pub struct Settings {
     pub max_usage_percent: u8,
     pub unpack_ratio: f64,
     pub images: Vec<ImageEntry>,
+    /// Where more list entries come from (`[[sources]]`), in order.
+    pub list_sources: Vec<crate::sources::ListSource>,
+    /// Refuse list entries that name a tag without a digest.
+    pub require_digest: bool,
+    /// Where prewarm keeps state across runs (cached lists).
+    pub state_dir: PathBuf,
+    /// Remove de-listed preloaded images at the end of `pull`.
+    pub gc: bool,
     pub handoff: Handoff,
     pub register: RegisterSettings,
     /// Every fragment read, in order.
@@ -534,6 +563,7 @@ pub fn load_str(
         s.sources.push(path.clone());
     }
     s.apply_overrides(overrides)?;
+    s.check_merged()?;
     s.finish_handoff()?;
     Ok(s)
 }
@@ -544,6 +574,127 @@ fn invalid(path: &Path, key: &str, message: impl Into<String>) -> ConfigError {
         key: key.to_string(),
         message: message.into(),
     }
+}
+
+/// The message for a tag-only entry under `require-digest`.
+pub(crate) fn require_digest_message(r: &Reference) -> String {
+    format!(
+        "{r} names a tag without a digest, and [pull] require-digest = true; \
+         write it as {}@sha256:<digest>",
+        r.tag_name().unwrap_or_else(|| r.name())
+    )
+}
+
+/// Validates one `[[sources]]` entry.
+fn validate_source(
+    path: &Path,
+    key: &str,
+    raw: RawSource,
+) -> Result<crate::sources::ListSource, ConfigError> {
+    use crate::sources::{Checksum, ListSource, SourceKind};
+    let bad = |field: &str, message: String| invalid(path, &format!("{key}.{field}"), message);
+    let kind_name = raw.kind.clone();
+    let not_for = |field: &str, present: bool| -> Result<(), ConfigError> {
+        if present {
+            return Err(bad(
+                field,
+                format!("does not apply to kind = {kind_name:?}"),
+            ));
+        }
+        Ok(())
+    };
+    let local_path = |p: Option<PathBuf>| -> Result<PathBuf, ConfigError> {
+        match p {
+            Some(p) if p.is_absolute() => Ok(p),
+            Some(p) => Err(bad(
+                "path",
+                format!("{} is not an absolute path", p.display()),
+            )),
+            None => Err(bad(
+                "path",
+                format!("missing; kind = {kind_name:?} needs a `path`"),
+            )),
+        }
+    };
+    let kind = match raw.kind.as_str() {
+        "file" | "archive" => {
+            not_for("url", raw.url.is_some())?;
+            not_for("sha256", raw.sha256.is_some())?;
+            not_for("checksum-url", raw.checksum_url.is_some())?;
+            not_for("ca", raw.ca.is_some())?;
+            let p = local_path(raw.path)?;
+            if raw.kind == "file" {
+                SourceKind::File { path: p }
+            } else {
+                SourceKind::Archive { path: p }
+            }
+        }
+        "url" => {
+            not_for("path", raw.path.is_some())?;
+            let url = match raw.url {
+                Some(u) => crate::sources::parse_list_url(&u).map_err(|m| bad("url", m))?,
+                None => return Err(bad("url", "missing; kind = \"url\" needs a `url`".into())),
+            };
+            let checksum = match (raw.sha256, raw.checksum_url) {
+                (Some(h), None) => Checksum::Sha256(
+                    crate::sources::parse_sha256_hex(&h).map_err(|m| bad("sha256", m))?,
+                ),
+                (None, Some(u)) => Checksum::Url(
+                    crate::sources::parse_list_url(&u).map_err(|m| bad("checksum-url", m))?,
+                ),
+                (Some(_), Some(_)) => {
+                    return Err(bad(
+                        "checksum-url",
+                        "give either `sha256` or `checksum-url`, not both".into(),
+                    ))
+                }
+                (None, None) => {
+                    return Err(bad(
+                        "sha256",
+                        "missing; a url source needs `sha256` (the list's SHA-256) or \
+                         `checksum-url`, so that a tampered or truncated list is refused"
+                            .into(),
+                    ))
+                }
+            };
+            if let Some(ca) = &raw.ca {
+                if !ca.is_absolute() {
+                    return Err(bad(
+                        "ca",
+                        format!("{} is not an absolute path", ca.display()),
+                    ));
+                }
+            }
+            SourceKind::Url {
+                url,
+                checksum,
+                ca: raw.ca,
+            }
+        }
+        other => {
+            return Err(bad(
+                "kind",
+                format!("{other:?} is not a source kind; use \"file\", \"url\" or \"archive\""),
+            ))
+        }
+    };
+    let name = match raw.name {
+        Some(n) if n.trim().is_empty() => return Err(bad("name", "must not be empty".into())),
+        Some(n) => n,
+        None => match &kind {
+            SourceKind::File { path } | SourceKind::Archive { path } => path.display().to_string(),
+            SourceKind::Url { url, .. } => url.to_string(),
+        },
+    };
+    Ok(ListSource {
+        name,
+        kind,
+        timeout: raw.timeout.map_or(crate::sources::DEFAULT_TIMEOUT, |t| t.0),
+        priority: raw.priority.unwrap_or(0),
+        required: raw.required.unwrap_or(false),
+        defined_in: path.to_path_buf(),
+        key: key.to_string(),
+    })
 }
 
 /// Parses `os/arch[/variant]`.
@@ -568,7 +719,7 @@ impl Settings {
     /// `status` and `check-config` call this; `register` and `untaint` do
     /// not need images.
     pub fn require_images(&self) -> Result<(), ConfigError> {
-        if !self.images.is_empty() {
+        if !self.images.is_empty() || !self.list_sources.is_empty() {
             return Ok(());
         }
         let searched = if self.sources.is_empty() {
@@ -588,7 +739,7 @@ impl Settings {
             socket: "/run/containerd/containerd.sock".into(),
             namespace: "k8s.io".into(),
             snapshotter: None,
-            pin: false,
+            pin: true,
             connect_timeout: Duration::from_secs(10),
             registry_config_path: Some("/etc/containerd/certs.d".into()),
             auth_file: Some("/root/.docker/config.json".into()),
@@ -606,6 +757,10 @@ impl Settings {
             max_usage_percent: 80,
             unpack_ratio: 2.5,
             images: Vec::new(),
+            list_sources: Vec::new(),
+            require_digest: false,
+            state_dir: "/var/lib/prewarm".into(),
+            gc: false,
             handoff: Handoff {
                 mode: HandoffMode::Direct,
                 kubeconfig: PathBuf::new(),
@@ -711,6 +866,22 @@ impl Settings {
         if let Some(v) = p.report {
             self.report = v;
         }
+        if let Some(v) = p.require_digest {
+            self.require_digest = v;
+        }
+        if let Some(v) = p.state_dir {
+            if !v.is_absolute() {
+                return Err(invalid(
+                    path,
+                    "pull.state-dir",
+                    format!("{} is not an absolute path", v.display()),
+                ));
+            }
+            self.state_dir = v;
+        }
+        if let Some(v) = p.gc {
+            self.gc = v;
+        }
         if let Some(v) = raw.throttle.bandwidth {
             self.bandwidth = Some(v.0);
         }
@@ -752,10 +923,53 @@ impl Settings {
                 Reference::parse(&img.reference).map_err(|e| invalid(path, &key, e.to_string()))?;
             self.add_image(ImageEntry {
                 reference,
-                priority: img.priority,
-                required: img.required,
+                priority: img.priority.unwrap_or(0),
+                required: img.required.unwrap_or(false),
                 source: path.to_path_buf(),
+                key: format!("images[{i}]"),
             });
+        }
+        let first = self.list_sources.len();
+        for (i, src) in raw.sources.into_iter().enumerate() {
+            let key = format!("sources[{i}]");
+            let source = validate_source(path, &key, src)?;
+            if let Some(dup) = self.list_sources[..first]
+                .iter()
+                .chain(&self.list_sources[first..])
+                .find(|s| s.name == source.name)
+            {
+                return Err(invalid(
+                    path,
+                    &format!("{key}.name"),
+                    format!(
+                        "{:?} is already the name of {} in {}; give each source its own name",
+                        source.name,
+                        dup.key,
+                        dup.defined_in.display()
+                    ),
+                ));
+            }
+            self.list_sources.push(source);
+        }
+        Ok(())
+    }
+
+    /// Checks made once every fragment is merged: `require-digest`
+    /// applies to entries listed before the fragment that set it.
+    fn check_merged(&self) -> Result<(), ConfigError> {
+        if self.require_digest {
+            if let Some(e) = self.images.iter().find(|e| e.reference.digest.is_none()) {
+                let key = if e.key.starts_with('-') {
+                    e.key.clone()
+                } else {
+                    format!("{}.ref", e.key)
+                };
+                return Err(invalid(
+                    &e.source,
+                    &key,
+                    require_digest_message(&e.reference),
+                ));
+            }
         }
         Ok(())
     }
@@ -965,6 +1179,7 @@ impl Settings {
                 priority: 0,
                 required: true,
                 source: flags.to_path_buf(),
+                key: "--image".into(),
             });
         }
         Ok(())

@@ -5,6 +5,7 @@
 //! snapshots also carry `containerd-lease` so nothing is collected before the
 //! image records exist.
 
+use containerd_client::services::v1::containers_client::ContainersClient;
 use containerd_client::services::v1::content_client::ContentClient;
 use containerd_client::services::v1::diff_client::DiffClient;
 use containerd_client::services::v1::images_client::ImagesClient;
@@ -14,8 +15,9 @@ use containerd_client::services::v1::snapshots::{
     CommitSnapshotRequest, PrepareSnapshotRequest, RemoveSnapshotRequest, StatSnapshotRequest,
 };
 use containerd_client::services::v1::{
-    AbortRequest, ApplyRequest, CreateImageRequest, CreateRequest, DeleteRequest, GetImageRequest,
-    Image, Info, InfoRequest, UpdateImageRequest, UpdateRequest, WriteAction, WriteContentRequest,
+    AbortRequest, ApplyRequest, CreateImageRequest, CreateRequest, DeleteImageRequest,
+    DeleteRequest, GetImageRequest, Image, Info, InfoRequest, ListContainersRequest,
+    ListImagesRequest, UpdateImageRequest, UpdateRequest, WriteAction, WriteContentRequest,
     WriteContentResponse,
 };
 use containerd_client::types::Descriptor as PbDescriptor;
@@ -515,6 +517,77 @@ impl Containerd {
             .await
             .map_err(ContainerdError::call("updating image", name))?;
         Ok(())
+    }
+}
+
+impl Containerd {
+    /// Every image record in the namespace.
+    pub async fn image_list(&self) -> Result<Vec<Image>, ContainerdError> {
+        Ok(ImagesClient::new(self.channel())
+            .list(self.req(ListImagesRequest { filters: vec![] }, None))
+            .await
+            .map_err(ContainerdError::call("listing images", &self.namespace))?
+            .into_inner()
+            .images)
+    }
+
+    /// Deletes the image record `name` (a missing one is fine). With
+    /// `sync`, containerd collects garbage before answering.
+    pub async fn image_delete(&self, name: &str, sync: bool) -> Result<(), ContainerdError> {
+        match ImagesClient::new(self.channel())
+            .delete(self.req(
+                DeleteImageRequest {
+                    name: name.to_string(),
+                    sync,
+                    target: None,
+                },
+                None,
+            ))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(s) if s.code() == Code::NotFound => Ok(()),
+            Err(s) => Err(ContainerdError::call("deleting image", name)(s)),
+        }
+    }
+
+    /// Removes `keys` from the labels of image record `name`, leaving the
+    /// rest alone (an update with a field mask).
+    pub async fn image_remove_labels(
+        &self,
+        name: &str,
+        keys: &[&str],
+    ) -> Result<(), ContainerdError> {
+        let paths = keys.iter().map(|k| format!("labels.{k}")).collect();
+        ImagesClient::new(self.channel())
+            .update(self.req(
+                UpdateImageRequest {
+                    image: Some(Image {
+                        name: name.to_string(),
+                        ..Default::default()
+                    }),
+                    update_mask: Some(prost_types::FieldMask { paths }),
+                    source_date_epoch: None,
+                },
+                None,
+            ))
+            .await
+            .map_err(ContainerdError::call("unlabelling image", name))?;
+        Ok(())
+    }
+
+    /// (id, image) of every container record in the namespace, running or
+    /// not.
+    pub async fn container_images(&self) -> Result<Vec<(String, String)>, ContainerdError> {
+        Ok(ContainersClient::new(self.channel())
+            .list(self.req(ListContainersRequest { filters: vec![] }, None))
+            .await
+            .map_err(ContainerdError::call("listing containers", &self.namespace))?
+            .into_inner()
+            .containers
+            .into_iter()
+            .map(|c| (c.id, c.image))
+            .collect())
     }
 }
 

@@ -11,6 +11,7 @@
 //! | 3 | a required image is not present after the run |
 //! | 4 | containerd or its CRI service could not be reached |
 //! | 5 | `untaint`: the Kubernetes API refused or never answered, so the outcome could not be written to the Node (401/403), or it or the Node was not there by the deadline plus `give-up-after` |
+//! | 6 | an image list source (`[[sources]]`) could not be read and had no cached copy: a `required` one for `pull` and `plan` (which still pull and show the rest), any one for `gc` (which then removes nothing) |
 //!
 //! `register` exits 2, writing no taint, when any part of the configuration
 //! (including `[handoff]`) is invalid, when direct mode's credential does
@@ -26,12 +27,14 @@
 //! condition. See [`node`] for the flavours, the detection order and the
 //! deadline policy.
 
+pub mod archive;
 pub mod cli;
 pub mod config;
 pub mod containerd;
 pub mod cri;
 pub mod disk;
 pub mod estimate;
+pub mod gc;
 pub mod iocap;
 pub mod manifest;
 pub mod node;
@@ -41,6 +44,7 @@ pub mod reference;
 pub mod registry;
 pub mod report;
 pub mod retry;
+pub mod sources;
 pub mod systemd;
 pub mod throttle;
 
@@ -74,6 +78,7 @@ pub enum Exit {
     RequiredMissing = 3,
     Unreachable = 4,
     KubeApi = 5,
+    ListUnavailable = 6,
 }
 
 /// Maps an error to its exit code.
@@ -104,6 +109,13 @@ pub fn exit_for(e: &anyhow::Error) -> Exit {
         if cause.is::<node::untaint::UntaintError>() {
             return Exit::KubeApi;
         }
+        if cause.is::<sources::Incomplete>() {
+            return Exit::ListUnavailable;
+        }
+        // Only check-config lets a list's error through: a bad local list.
+        if cause.is::<sources::SourceError>() {
+            return Exit::Config;
+        }
     }
     Exit::Failure
 }
@@ -125,9 +137,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Register => register(settings).await,
         Command::Untaint => untaint(settings).await,
         Command::CheckConfig => {
+            let listed = sources::check_local(&settings)?;
             println!(
                 "configuration ok: {} images from {} fragment(s)",
-                settings.images.len(),
+                settings.images.len() + listed,
                 settings.sources.len()
             );
             for p in &settings.sources {
@@ -138,11 +151,49 @@ pub async fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Plan => plan(settings).await,
         Command::Pull => pull(settings).await,
         Command::Status => status(settings).await,
+        Command::Gc { apply } => gc(settings, apply).await,
     }
 }
 
+/// Reads the `[[sources]]` lists into `settings.images` and connects the
+/// engine, with the archives found.
+async fn connect_with_lists(
+    mut settings: Settings,
+) -> anyhow::Result<(pull::Engine, sources::Loaded)> {
+    let mut lists = sources::load(&settings).await;
+    settings.images = std::mem::take(&mut lists.images);
+    let mut engine = pull::Engine::connect(settings).await?;
+    engine.archives = std::mem::take(&mut lists.archives);
+    Ok((engine, lists))
+}
+
+/// Exit 6 when a required list source failed, else `otherwise`.
+fn list_exit(lists: &sources::Loaded, otherwise: Exit) -> Exit {
+    let failed = lists.failed_required();
+    if failed.is_empty() {
+        return otherwise;
+    }
+    for f in failed {
+        tracing::error!(source = %f.name, "required image list unavailable: {}", f.note.as_deref().unwrap_or(""));
+    }
+    Exit::ListUnavailable
+}
+
 async fn plan(settings: Settings) -> anyhow::Result<Exit> {
-    let engine = pull::Engine::connect(settings).await?;
+    let (engine, lists) = connect_with_lists(settings).await?;
+    for s in &lists.reports {
+        println!(
+            "list {} ({}): {:?}, {} entries{}",
+            s.name,
+            s.kind,
+            s.status,
+            s.images,
+            s.note
+                .as_deref()
+                .map(|n| format!(" ({n})"))
+                .unwrap_or_default()
+        );
+    }
     let budget = engine.budget()?;
     let items = engine.plan().await?;
     println!(
@@ -155,8 +206,8 @@ async fn plan(settings: Settings) -> anyhow::Result<Exit> {
         budget.max_usage_percent
     );
     println!(
-        "{:<4} {:<8} {:<9} {:>12}  {:<71}  reference",
-        "#", "action", "required", "bytes", "digest"
+        "{:<4} {:<8} {:<9} {:>12}  {:<71}  {:<5}  reference",
+        "#", "action", "required", "bytes", "digest", "moved"
     );
     for (n, item) in items.iter().enumerate() {
         let (action, why) = match &item.decision {
@@ -170,24 +221,87 @@ async fn plan(settings: Settings) -> anyhow::Result<Exit> {
             .as_ref()
             .map(|r| r.top().desc.digest.clone())
             .unwrap_or_default();
+        // Drift: the node holds another digest under this tag.
+        let (moved, held) = match (item.moved_from(), &item.held) {
+            (Some(old), _) => ("yes", format!("  (node holds {old} under this tag)")),
+            (None, Some(_)) => ("no", String::new()),
+            (None, None) => ("-", String::new()),
+        };
         println!(
-            "{:<4} {:<8} {:<9} {:>12}  {:<71}  {}{}",
+            "{:<4} {:<8} {:<9} {:>12}  {:<71}  {:<5}  {}{}{}",
             n + 1,
             action,
             item.entry.required,
             item.need,
             digest,
+            moved,
             item.entry.reference,
+            held,
             why
         );
     }
+    Ok(list_exit(&lists, Exit::Ok))
+}
+
+async fn gc(settings: Settings, apply: bool) -> anyhow::Result<Exit> {
+    let lists = sources::load(&settings).await;
+    if !lists.complete() {
+        // Whatever a failed list names would look de-listed.
+        return Err(sources::Incomplete::of(&lists).into());
+    }
+    let c = containerd::Containerd::connect(
+        &settings.socket,
+        &settings.namespace,
+        settings.connect_timeout,
+    )
+    .await?;
+    let mode = if apply {
+        gc::Mode::Apply
+    } else {
+        gc::Mode::DryRun
+    };
+    let (groups, report) = gc::run(&c, &lists.images, mode).await?;
+    let verb = if apply { "" } else { "would " };
+    for g in &groups {
+        let why = match &g.kept {
+            None => {
+                for name in &g.delisted {
+                    println!("{verb}remove {name}  ({})", g.target);
+                }
+                continue;
+            }
+            Some(gc::Kept::InUse(ids)) => format!("in use by container {}", ids.join(", ")),
+            Some(gc::Kept::PinnedByOther(n)) => format!("{n} is pinned, not by prewarm"),
+        };
+        for name in &g.delisted {
+            println!("keep {name}  ({}): {why}", g.target);
+        }
+        for name in g.unpin() {
+            println!("{verb}unpin {name}");
+        }
+    }
+    println!(
+        "{}: {} image records removed, {} unpinned, {} bytes of content freed",
+        if apply {
+            "gc applied"
+        } else {
+            "gc dry run (--apply to delete)"
+        },
+        if apply {
+            report.removed.len()
+        } else {
+            groups.iter().map(|g| g.remove().len()).sum()
+        },
+        report.unpinned.len(),
+        report.freed_bytes
+    );
     Ok(Exit::Ok)
 }
 
 async fn pull(settings: Settings) -> anyhow::Result<Exit> {
     let started = Instant::now();
     let report_path = settings.report.clone();
-    let engine = pull::Engine::connect(settings).await?;
+    let (engine, lists) = connect_with_lists(settings).await?;
     let io_cap = cap_containerd_writes(&engine);
     let mut report = engine.pull(started, stop_signal()).await;
     report.io_cap = match io_cap {
@@ -207,16 +321,49 @@ async fn pull(settings: Settings) -> anyhow::Result<Exit> {
             note: Some(format!("not applied: {}", error_chain(&e))),
         }),
     };
+    report.sources = lists.reports.clone();
+    report.gc = unpin_delisted(&engine, &lists, &report).await;
     report
         .write(&report_path)
         .with_context(|| format!("writing the report to {}", report_path.display()))?;
     let s = &report.summary;
     tracing::info!(report = %report_path.display(), "{s}");
-    Ok(if s.required_missing > 0 {
-        Exit::RequiredMissing
+    Ok(list_exit(
+        &lists,
+        if s.required_missing > 0 {
+            Exit::RequiredMissing
+        } else {
+            Exit::Ok
+        },
+    ))
+}
+
+/// After a pull: unpin the images that left the list (and with `[pull] gc`,
+/// remove those not in use). Only with a complete list and a finished run.
+async fn unpin_delisted(
+    engine: &pull::Engine,
+    lists: &sources::Loaded,
+    report: &report::Report,
+) -> Option<gc::GcReport> {
+    if !lists.complete() {
+        tracing::warn!("an image list source failed: not unpinning or removing any image");
+        return None;
+    }
+    if report.interrupted.is_some() {
+        return None;
+    }
+    let mode = if engine.settings.gc {
+        gc::Mode::Apply
     } else {
-        Exit::Ok
-    })
+        gc::Mode::UnpinOnly
+    };
+    match gc::run(&engine.containerd, &engine.settings.images, mode).await {
+        Ok((_, r)) => Some(r),
+        Err(e) => {
+            tracing::error!(error = %error_chain(&e), "unpinning de-listed images");
+            None
+        }
+    }
 }
 
 /// Restores limits a killed run left, then caps containerd's writes when

@@ -55,6 +55,8 @@ pub enum PullError {
     Disk(#[from] crate::disk::DiskError),
     #[error("{name} is not visible through CRI ImageStatus within {within:?}")]
     NotVisible { name: String, within: Duration },
+    #[error(transparent)]
+    Archive(#[from] crate::archive::ArchiveError),
 }
 
 impl PullError {
@@ -75,8 +77,37 @@ pub struct SmallBlob {
     pub bytes: Bytes,
 }
 
-/// An image resolved against its registry: raw bytes of everything above
-/// the layers.
+/// Where an image's blobs come from. Both go through the same content
+/// write, unpack and record steps.
+#[derive(Debug, Clone, Default)]
+pub enum Origin {
+    /// The registry (hosts.toml mirrors, then the server).
+    #[default]
+    Registry,
+    /// An archive on disk; a blob it lacks comes from the registry.
+    Archive(Arc<crate::archive::Archive>),
+}
+
+impl Origin {
+    /// The archive holding `digest`, if the blob comes from one.
+    fn archive_with(&self, digest: &str) -> Option<&crate::archive::Archive> {
+        match self {
+            Origin::Archive(a) if a.has(digest) => Some(a),
+            _ => None,
+        }
+    }
+
+    /// For the report: `registry`, or `archive:<path>`.
+    pub fn describe(&self) -> String {
+        match self {
+            Origin::Registry => "registry".into(),
+            Origin::Archive(a) => format!("archive:{}", a.path().display()),
+        }
+    }
+}
+
+/// An image resolved against its registry or archive: raw bytes of
+/// everything above the layers.
 #[derive(Debug, Clone)]
 pub struct Resolved {
     pub entry: ImageEntry,
@@ -92,6 +123,8 @@ pub struct Resolved {
     /// Unpacked size per layer where the stream's metadata told it
     /// (gzip ISIZE, zstd frame content size, or an uncompressed layer).
     pub unpacked_sizes: Vec<Option<u64>>,
+    /// Where the blobs come from.
+    pub origin: Origin,
 }
 
 impl Resolved {
@@ -160,12 +193,22 @@ pub struct Engine {
     pub disk_path: String,
     pub bandwidth: Bandwidth,
     pub retry: Retry,
+    /// Archives that images are imported from before the registry is asked.
+    pub archives: Vec<Arc<crate::archive::Archive>>,
 }
 
 /// An image's fate before execution.
 enum Prepared {
-    Ready(Box<Resolved>, bool),
+    Ready {
+        r: Box<Resolved>,
+        present: bool,
+        /// What the node's `repo:tag` record points at now.
+        held: Option<String>,
+    },
     Failed(String),
+    /// The same image as another entry (same repository and digest); it
+    /// was merged into that one.
+    Same,
 }
 
 impl Engine {
@@ -207,6 +250,7 @@ impl Engine {
             cri,
             registries,
             snapshotter,
+            archives: Vec::new(),
         })
     }
 
@@ -214,14 +258,27 @@ impl Engine {
     /// the config, all as raw bytes.
     pub async fn resolve(&self, entry: &ImageEntry) -> Result<Resolved, PullError> {
         let reference = &entry.reference;
-        let fetch = |what: String| async move {
-            self.retry
-                .run(
-                    &format!("fetching manifest {what} of {reference}"),
-                    RegistryError::is_retryable,
-                    |_| self.registries.fetch_manifest(reference, &what),
+        let origin = self
+            .archives
+            .iter()
+            .find(|a| a.find(reference).is_some())
+            .map_or(Origin::Registry, |a| Origin::Archive(a.clone()));
+        let fetch = |what: String| {
+            let origin = origin.clone();
+            async move {
+                if let Origin::Archive(a) = &origin {
+                    return archive_manifest(a, reference, &what);
+                }
+                Ok::<_, PullError>(
+                    self.retry
+                        .run(
+                            &format!("fetching manifest {what} of {reference}"),
+                            RegistryError::is_retryable,
+                            |_| self.registries.fetch_manifest(reference, &what),
+                        )
+                        .await?,
                 )
-                .await
+            }
         };
         let top = fetch(reference.manifest_reference().to_string()).await?;
         let source_host = top.host.clone();
@@ -253,7 +310,7 @@ impl Engine {
             .into());
         };
         let parsed = manifest::Manifest::parse(&manifest.desc.digest, &manifest.bytes)?;
-        let config_bytes = self.fetch_small(reference, &parsed.config).await?;
+        let config_bytes = self.fetch_small(&origin, reference, &parsed.config).await?;
         let config = manifest::ImageConfig::parse(&parsed.config.digest, &config_bytes)?;
         if config.rootfs.diff_ids.len() != parsed.layers.len() {
             return Err(manifest::ManifestError::Invalid {
@@ -290,6 +347,7 @@ impl Engine {
             chain_ids,
             source_host,
             unpacked_sizes: Vec::new(),
+            origin,
         })
     }
 
@@ -298,9 +356,13 @@ impl Engine {
     /// mean falling back to the configured ratio.
     pub async fn read_unpacked_sizes(&self, r: &mut Resolved) {
         let image = &r.entry.reference;
+        let origin = &r.origin;
         let sizes = futures_util::future::join_all(r.layers.iter().map(|l| async move {
             let size = l.size.max(0) as u64;
             let fetch = |start: u64, len: u64| async move {
+                if let Some(a) = origin.archive_with(&l.digest) {
+                    return a.read_range(&l.digest, start, len);
+                }
                 self.registries
                     .fetch_range(image, &l.digest, start, len)
                     .await
@@ -327,9 +389,26 @@ impl Engine {
     /// Downloads a small blob into memory and checks its digest.
     async fn fetch_small(
         &self,
+        origin: &Origin,
         reference: &Reference,
         d: &manifest::Descriptor,
     ) -> Result<Bytes, PullError> {
+        if let Some(a) = origin.archive_with(&d.digest) {
+            // Read whole and checked against its digest.
+            let bytes = a.read(&d.digest)?;
+            if bytes.len() as i64 != d.size {
+                return Err(PullError::Blob {
+                    reference: reference.to_string(),
+                    digest: d.digest.clone(),
+                    message: format!(
+                        "{} bytes in the archive, {} in the manifest",
+                        bytes.len(),
+                        d.size
+                    ),
+                });
+            }
+            return Ok(bytes);
+        }
         self.retry
             .run(
                 &format!("fetching {} of {reference}", d.digest),
@@ -397,24 +476,47 @@ impl Engine {
     /// Resolves every listed image and checks which are present.
     async fn prepare(&self) -> Vec<Prepared> {
         let n = self.settings.concurrency.get() as usize * 2;
-        futures_util::stream::iter(self.settings.images.iter())
+        let prepared = futures_util::stream::iter(self.settings.images.iter())
             .map(|entry| async move {
-                match self.resolve(entry).await {
-                    Ok(mut r) => match self.is_present(&r).await {
-                        Ok(present) => {
-                            if !present {
-                                self.read_unpacked_sizes(&mut r).await;
-                            }
-                            Prepared::Ready(Box::new(r), present)
+                let mut r = match self.resolve(entry).await {
+                    Ok(r) => r,
+                    Err(e) => return Prepared::Failed(crate::error_chain(&e)),
+                };
+                let held = match self.held_digest(&entry.reference).await {
+                    Ok(h) => h,
+                    Err(e) => return Prepared::Failed(crate::error_chain(&e)),
+                };
+                match self.is_present(&r).await {
+                    Ok(present) => {
+                        if !present {
+                            self.read_unpacked_sizes(&mut r).await;
                         }
-                        Err(e) => Prepared::Failed(crate::error_chain(&e)),
-                    },
+                        Prepared::Ready {
+                            r: Box::new(r),
+                            present,
+                            held,
+                        }
+                    }
                     Err(e) => Prepared::Failed(crate::error_chain(&e)),
                 }
             })
             .buffered(n.max(1))
-            .collect()
-            .await
+            .collect::<Vec<_>>()
+            .await;
+        merge_same_images(prepared)
+    }
+
+    /// The digest the node's `repo:tag` record points at, if any.
+    async fn held_digest(&self, r: &Reference) -> Result<Option<String>, ContainerdError> {
+        let Some(tag) = r.tag_name() else {
+            return Ok(None);
+        };
+        Ok(self
+            .containerd
+            .image_get(&tag)
+            .await?
+            .and_then(|i| i.target)
+            .map(|t| t.digest))
     }
 
     /// `prewarm plan`: what a pull would do, without writing anything.
@@ -430,7 +532,7 @@ impl Engine {
             .iter()
             .enumerate()
             .filter_map(|(i, p)| match p {
-                Prepared::Ready(r, present) => Some(Candidate {
+                Prepared::Ready { r, present, .. } => Some(Candidate {
                     position: i,
                     priority: r.entry.priority,
                     required: r.entry.required,
@@ -438,19 +540,20 @@ impl Engine {
                     compressed: r.compressed_size(),
                     unpacked: r.unpacked_estimate(ratio),
                 }),
-                Prepared::Failed(_) => None,
+                Prepared::Failed(_) | Prepared::Same => None,
             })
             .collect();
         let steps = plan::plan(&candidates, budget);
         let mut slots: Vec<Option<Prepared>> = prepared.into_iter().map(Some).collect();
         let mut out = Vec::with_capacity(slots.len());
         for step in steps {
-            if let Some(Prepared::Ready(r, _)) = slots[step.position].take() {
+            if let Some(Prepared::Ready { r, held, .. }) = slots[step.position].take() {
                 out.push(PlannedImage {
                     entry: r.entry.clone(),
                     resolved: Some(r),
                     decision: Ok(step.decision),
                     need: step.need,
+                    held,
                 });
             }
         }
@@ -461,6 +564,7 @@ impl Engine {
                     resolved: None,
                     decision: Err(why),
                     need: 0,
+                    held: None,
                 });
             }
         }
@@ -541,7 +645,9 @@ impl Engine {
             bandwidth: self.settings.bandwidth.map(|b| b.get()),
             interrupted,
             io_cap: None,
+            sources: Vec::new(),
             images,
+            gc: None,
             summary,
         }
     }
@@ -555,6 +661,8 @@ impl Engine {
             report.digest = Some(r.top().desc.digest.clone());
             report.image_id = Some(r.image_id().to_string());
             report.size = r.compressed_size();
+            report.origin = Some(r.origin.describe());
+            report.previous_digest = p.moved_from().map(str::to_string);
         }
         match (&p.decision, &p.resolved) {
             (Err(why), _) => {
@@ -674,6 +782,7 @@ impl Engine {
             let mut fetched = futures_util::stream::iter(r.layers.iter())
                 .map(|layer| {
                     self.fetch_layer(
+                        &r.origin,
                         &r.entry.reference,
                         layer,
                         &lease,
@@ -709,10 +818,12 @@ impl Engine {
                     &parent,
                     &lease,
                 );
+                let t0 = Instant::now();
                 tokio::select! {
                     unpacked = unpack => { unpacked?; }
                     full = self.watch_reserve() => return Err(full),
                 }
+                tracing::debug!(layer = %layer.digest, seconds = t0.elapsed().as_secs_f64(), "unpacked");
                 self.containerd
                     .content_label(
                         &layer.digest,
@@ -750,6 +861,7 @@ impl Engine {
         let mut labels = HashMap::from([(MANAGED_LABEL.to_string(), "managed".to_string())]);
         if self.settings.pin {
             labels.insert(PINNED_LABEL.into(), "pinned".into());
+            labels.insert(PREWARM_PINNED_LABEL.into(), "true".into());
         }
         labels.insert(PREWARM_LABEL.into(), "true".into());
         for record in r.record_names() {
@@ -843,6 +955,7 @@ impl Engine {
     /// with a Range request. Bytes received are added to `received`.
     async fn fetch_layer(
         &self,
+        origin: &Origin,
         image: &Reference,
         layer: &Desc,
         lease: &str,
@@ -851,66 +964,102 @@ impl Engine {
     ) -> Result<(), PullError> {
         let reference = format!("layer-{}", layer.digest);
         self.retry
-            .run(&format!("fetching {reference}"), PullError::is_retryable, |_| {
-                let labels = labels.clone();
-                let reference = reference.clone();
-                async move {
-                    let (start, writer) = self.containerd.content_writer(&reference, layer, lease).await?;
-                    let mut w = match (start, writer) {
-                        (WriteStart::Exists, _) | (_, None) => {
-                            self.containerd.content_label(&layer.digest, labels).await?;
-                            return Ok(());
-                        }
-                        (WriteStart::At(_), Some(w)) => w,
-                    };
-                    let offset = w.offset();
-                    if offset < layer.size.max(0) as u64 {
-                        let blob = self.registries.open_blob(image, &layer.digest, offset).await?;
-                        if offset > 0 {
-                            tracing::info!(%reference, offset, start = blob.start, "resuming layer");
-                        }
-                        let mut pos = blob.start;
-                        let mut since_check = 0u64;
-                        let mut buf = Vec::with_capacity(CHUNK);
-                        let mut stream = blob.stream;
-                        loop {
-                            let next = stream.next().await;
-                            let done = next.is_none();
-                            if let Some(chunk) = next {
-                                let chunk = chunk?;
-                                received.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-                                self.bandwidth.take(chunk.len() as u64).await;
-                                buf.extend_from_slice(&chunk);
+            .run(
+                &format!("fetching {reference}"),
+                PullError::is_retryable,
+                |_| {
+                    let labels = labels.clone();
+                    let reference = reference.clone();
+                    async move {
+                        let (start, writer) = self
+                            .containerd
+                            .content_writer(&reference, layer, lease)
+                            .await?;
+                        let mut w = match (start, writer) {
+                            (WriteStart::Exists, _) | (_, None) => {
+                                self.containerd.content_label(&layer.digest, labels).await?;
+                                return Ok(());
                             }
-                            if buf.len() >= CHUNK || (done && !buf.is_empty()) {
-                                let len = buf.len() as u64;
-                                w.write_at(pos, std::mem::replace(&mut buf, Vec::with_capacity(CHUNK)))
+                            (WriteStart::At(_), Some(w)) => w,
+                        };
+                        let offset = w.offset();
+                        if offset < layer.size.max(0) as u64 {
+                            let (start, mut stream, local) =
+                                self.open_blob(origin, image, &layer.digest, offset).await?;
+                            if offset > 0 {
+                                tracing::info!(%reference, offset, start, "resuming layer");
+                            }
+                            let mut pos = start;
+                            let mut since_check = 0u64;
+                            let mut buf = Vec::with_capacity(CHUNK);
+                            loop {
+                                let next = stream.next().await;
+                                let done = next.is_none();
+                                if let Some(chunk) = next {
+                                    let chunk = chunk?;
+                                    if !local {
+                                        received.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                                        self.bandwidth.take(chunk.len() as u64).await;
+                                    }
+                                    buf.extend_from_slice(&chunk);
+                                }
+                                if buf.len() >= CHUNK || (done && !buf.is_empty()) {
+                                    let len = buf.len() as u64;
+                                    w.write_at(
+                                        pos,
+                                        std::mem::replace(&mut buf, Vec::with_capacity(CHUNK)),
+                                    )
                                     .await?;
-                                pos += len;
-                                since_check += len;
-                                if since_check >= DISK_CHECK_EVERY {
-                                    since_check = 0;
-                                    self.check_reserve(0)?;
+                                    pos += len;
+                                    since_check += len;
+                                    if since_check >= DISK_CHECK_EVERY {
+                                        since_check = 0;
+                                        self.check_reserve(0)?;
+                                    }
+                                }
+                                if done {
+                                    break;
                                 }
                             }
-                            if done {
-                                break;
-                            }
                         }
+                        tracing::debug!(%reference, "downloaded");
+                        if let Err(e) = w.commit(labels).await {
+                            // A digest or size mismatch: start that blob over.
+                            self.containerd.content_abort(&reference).await?;
+                            return Err(PullError::Blob {
+                                reference: image.to_string(),
+                                digest: layer.digest.clone(),
+                                message: format!("rejected at commit, will download again: {e}"),
+                            });
+                        }
+                        Ok(())
                     }
-                    if let Err(e) = w.commit(labels).await {
-                        // A digest or size mismatch: start that blob over.
-                        self.containerd.content_abort(&reference).await?;
-                        return Err(PullError::Blob {
-                            reference: image.to_string(),
-                            digest: layer.digest.clone(),
-                            message: format!("rejected at commit, will download again: {e}"),
-                        });
-                    }
-                    Ok(())
-                }
-            })
+                },
+            )
             .await
+    }
+
+    /// Opens a blob at `offset`: from the archive when it holds it, else
+    /// from the registry. Returns where the stream starts (0 when the
+    /// registry ignored the range), the stream, and whether it is local
+    /// (not downloaded, not throttled).
+    async fn open_blob(
+        &self,
+        origin: &Origin,
+        image: &Reference,
+        digest: &str,
+        offset: u64,
+    ) -> Result<(u64, BlobStream, bool), PullError> {
+        if let Some(a) = origin.archive_with(digest) {
+            let stream = a
+                .open(digest, offset)
+                .await?
+                .map(|c| c.map_err(PullError::from));
+            return Ok((offset, stream.boxed(), true));
+        }
+        let blob = self.registries.open_blob(image, digest, offset).await?;
+        let stream = blob.stream.map(|c| c.map_err(PullError::from));
+        Ok((blob.start, stream.boxed(), false))
     }
 
     /// Fails when writing `more` bytes would leave less free space than
@@ -945,6 +1094,77 @@ pub const MANAGED_LABEL: &str = "io.cri-containerd.image";
 pub const PINNED_LABEL: &str = "io.cri-containerd.pinned";
 /// Label marking records prewarm wrote.
 pub const PREWARM_LABEL: &str = "io.prewarm.preloaded";
+/// Label marking records prewarm pinned, so that it only ever unpins its
+/// own pins.
+pub const PREWARM_PINNED_LABEL: &str = "io.prewarm.pinned";
+
+/// A blob body from a registry or an archive.
+type BlobStream = futures_util::stream::BoxStream<'static, Result<Bytes, PullError>>;
+
+/// A manifest or index from an archive, named by digest (or, for a tag,
+/// by the archive's name for it).
+fn archive_manifest(
+    a: &crate::archive::Archive,
+    reference: &Reference,
+    what: &str,
+) -> Result<crate::registry::Manifest, PullError> {
+    let digest = if what.starts_with("sha256:") {
+        what.to_string()
+    } else {
+        match a.find(reference) {
+            Some(img) => img.top.digest.clone(),
+            None => {
+                return Err(crate::archive::ArchiveError::Invalid {
+                    path: a.path().to_path_buf(),
+                    message: format!("no image named {reference}"),
+                }
+                .into())
+            }
+        }
+    };
+    let bytes = a.read(&digest)?;
+    Ok(crate::registry::Manifest {
+        media_type: manifest::sniff_media_type(a.media_type(&digest).unwrap_or(""), &bytes),
+        digest,
+        bytes,
+        host: reference.domain.clone(),
+    })
+}
+
+/// Folds a digest-only entry into a tagged entry naming the same image
+/// (same repository, same resolved digest): the tagged one's records cover
+/// the digest's, so the image is planned once, with the higher priority,
+/// required if either is.
+fn merge_same_images(mut prepared: Vec<Prepared>) -> Vec<Prepared> {
+    for i in 0..prepared.len() {
+        let key = match &prepared[i] {
+            Prepared::Ready { r, .. } if r.entry.reference.tag.is_none() => (
+                r.entry.reference.name(),
+                r.top().desc.digest.clone(),
+                r.entry.priority,
+                r.entry.required,
+            ),
+            _ => continue,
+        };
+        let target = prepared.iter().position(|p| match p {
+            Prepared::Ready { r, .. } => {
+                r.entry.reference.tag.is_some()
+                    && r.entry.reference.name() == key.0
+                    && r.top().desc.digest == key.1
+            }
+            _ => false,
+        });
+        if let Some(j) = target {
+            if let Prepared::Ready { r, .. } = &mut prepared[j] {
+                tracing::info!(image = %r.entry.reference, digest = %key.1, "listed twice (by tag and by digest); planned once");
+                r.entry.priority = r.entry.priority.max(key.2);
+                r.entry.required |= key.3;
+            }
+            prepared[i] = Prepared::Same;
+        }
+    }
+    prepared
+}
 
 /// One image with its plan decision (or why it could not be planned).
 #[derive(Debug)]
@@ -953,6 +1173,17 @@ pub struct PlannedImage {
     pub resolved: Option<Box<Resolved>>,
     pub decision: Result<Decision, String>,
     pub need: u64,
+    /// What the node's `repo:tag` record pointed at before the run.
+    pub held: Option<String>,
+}
+
+impl PlannedImage {
+    /// The digest the tag pointed at on the node, when the registry (or
+    /// archive) now resolves it elsewhere: drift.
+    pub fn moved_from(&self) -> Option<&str> {
+        let now = &self.resolved.as_ref()?.top().desc.digest;
+        self.held.as_deref().filter(|h| h != now)
+    }
 }
 
 fn unfinished(e: &ImageEntry, why: &str) -> ImageReport {
@@ -967,6 +1198,8 @@ fn unfinished(e: &ImageEntry, why: &str) -> ImageReport {
         bytes: 0,
         size: 0,
         seconds: 0.0,
+        origin: None,
+        previous_digest: None,
     }
 }
 

@@ -37,6 +37,13 @@ pub struct ImageReport {
     /// Compressed size of the image.
     pub size: u64,
     pub seconds: f64,
+    /// Where the blobs came from: `registry` or `archive:<path>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+    /// The digest the node's `repo:tag` record held before, when the tag
+    /// has since moved (drift); the record now points at `digest`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_digest: Option<String>,
 }
 
 /// Totals over a run.
@@ -67,7 +74,14 @@ pub struct Report {
     /// The IO cap put on containerd for the run, if configured.
     #[serde(default)]
     pub io_cap: Option<crate::iocap::IoCapReport>,
+    /// The image list sources read (`[[sources]]`), fresh or cached.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<crate::sources::SourceReport>,
     pub images: Vec<ImageReport>,
+    /// Unpinning and removal of de-listed images, when the list was
+    /// complete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gc: Option<crate::gc::GcReport>,
     pub summary: Summary,
 }
 
@@ -177,6 +191,8 @@ mod tests {
             bytes,
             size: bytes,
             seconds: 0.0,
+            origin: None,
+            previous_digest: None,
         }
     }
 
@@ -211,7 +227,9 @@ mod tests {
             bandwidth: Some(5),
             interrupted: None,
             io_cap: None,
+            sources: Vec::new(),
             images: vec![img(ImageStatus::Pulled, true, 1)],
+            gc: None,
             summary: Summary::default(),
         };
         r.write(&path).unwrap();

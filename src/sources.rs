@@ -1,0 +1,725 @@
+//! Image lists kept outside the configuration (`[[sources]]`): local list
+//! files, lists served over HTTPS with a checksum, and image archives baked
+//! into the OS image. They are merged with the inline `[[images]]` and
+//! de-duplicated by reference (and, once resolved, by digest: see
+//! [`crate::pull`]).
+//!
+//! A remote list that cannot be fetched, or whose body does not match its
+//! checksum, is replaced by the last good copy cached under
+//! `<state-dir>/sources/`, and the log and the report say so. Without a
+//! cached copy the source has failed: the run goes on with the other
+//! sources, names the source in the log and the report, and exits with
+//! code 5 when the source is `required` (see the crate docs). A run whose
+//! list is incomplete never unpins or removes anything.
+
+use crate::archive::Archive;
+use crate::config::{ImageEntry, RawImage};
+use crate::reference::Reference;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a source may take when `timeout` is not set.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most a list (or a checksum file) may hold.
+pub const MAX_LIST_BYTES: usize = 4 << 20;
+
+/// One `[[sources]]` entry, validated.
+#[derive(Debug, Clone)]
+pub struct ListSource {
+    /// For messages, the report and the cache file.
+    pub name: String,
+    pub kind: SourceKind,
+    /// Bound on reading the source (all requests included).
+    pub timeout: Duration,
+    /// Default priority of its entries.
+    pub priority: i32,
+    /// Default `required` of its entries; a required source that cannot
+    /// be read fails the run (exit 5).
+    pub required: bool,
+    /// The fragment that configured it, and where in it.
+    pub defined_in: PathBuf,
+    pub key: String,
+}
+
+/// Where a list comes from.
+#[derive(Debug, Clone)]
+pub enum SourceKind {
+    /// A local TOML file with `[[images]]`, or one reference per line.
+    File { path: PathBuf },
+    /// A list fetched over HTTPS (plain HTTP only on loopback).
+    Url {
+        url: reqwest::Url,
+        checksum: Checksum,
+        /// Extra CA certificates (PEM) to trust for this source.
+        ca: Option<PathBuf>,
+    },
+    /// OCI image layouts, `oci-archive` or `docker-archive` tarballs: a file,
+    /// a layout directory, or a directory of those.
+    Archive { path: PathBuf },
+}
+
+impl SourceKind {
+    fn name(&self) -> &'static str {
+        match self {
+            SourceKind::File { .. } => "file",
+            SourceKind::Url { .. } => "url",
+            SourceKind::Archive { .. } => "archive",
+        }
+    }
+}
+
+/// How a fetched list is checked.
+#[derive(Debug, Clone)]
+pub enum Checksum {
+    /// The SHA-256 of the body, lowercase hex.
+    Sha256(String),
+    /// A detached file holding it (`sha256sum` output is fine).
+    Url(reqwest::Url),
+}
+
+/// A list that could not be read or used.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("image list {list}: {at}: {message}")]
+    Entry {
+        list: String,
+        at: String,
+        message: String,
+    },
+    #[error("image list {list}: {message}")]
+    Read { list: String, message: String },
+}
+
+/// What became of one source in a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SourceStatus {
+    /// Read fresh.
+    Read,
+    /// Unreachable or refused; the last good copy was used.
+    Cached,
+    /// Unreachable or refused, and nothing to fall back to.
+    Failed,
+}
+
+/// One source in the report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SourceReport {
+    pub name: String,
+    pub kind: String,
+    pub required: bool,
+    pub status: SourceStatus,
+    /// Entries it contributed.
+    pub images: usize,
+    /// SHA-256 of the list used (url sources).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Why the cache was used, or why the source failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// The merged list and what was read to make it.
+#[derive(Default)]
+pub struct Loaded {
+    pub images: Vec<ImageEntry>,
+    pub archives: Vec<Arc<Archive>>,
+    pub reports: Vec<SourceReport>,
+}
+
+impl Loaded {
+    /// Every source was read, fresh or from its cache.
+    pub fn complete(&self) -> bool {
+        self.reports
+            .iter()
+            .all(|r| r.status != SourceStatus::Failed)
+    }
+
+    /// Required sources that failed.
+    pub fn failed_required(&self) -> Vec<&SourceReport> {
+        self.reports
+            .iter()
+            .filter(|r| r.required && r.status == SourceStatus::Failed)
+            .collect()
+    }
+}
+
+/// A command that needs the whole list met a source that failed.
+#[derive(Debug, thiserror::Error)]
+#[error("the image list is incomplete: {failed}; refusing to remove anything")]
+pub struct Incomplete {
+    pub failed: String,
+}
+
+impl Incomplete {
+    pub fn of(l: &Loaded) -> Self {
+        Incomplete {
+            failed: l
+                .reports
+                .iter()
+                .filter(|r| r.status == SourceStatus::Failed)
+                .map(|r| format!("{} ({})", r.name, r.note.as_deref().unwrap_or("failed")))
+                .collect::<Vec<_>>()
+                .join("; "),
+        }
+    }
+}
+
+/// Accepts `https://…`, or `http://…` on a loopback host only.
+pub fn parse_list_url(s: &str) -> Result<reqwest::Url, String> {
+    let url = reqwest::Url::parse(s).map_err(|e| format!("{s:?} is not a URL: {e}"))?;
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" if is_loopback(&url) => Ok(url),
+        "http" => Err(format!(
+            "{s:?}: plain http is only accepted for loopback hosts; use https"
+        )),
+        other => Err(format!("{s:?}: scheme {other:?} is not https")),
+    }
+}
+
+fn is_loopback(url: &reqwest::Url) -> bool {
+    match url.host_str() {
+        Some(h) => {
+            let h = h.trim_start_matches('[').trim_end_matches(']');
+            h == "localhost"
+                || h.parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+        None => false,
+    }
+}
+
+/// Accepts 64 hex digits, optionally prefixed `sha256:`; returns lowercase.
+pub fn parse_sha256_hex(s: &str) -> Result<String, String> {
+    let h = s.trim();
+    let h = h.strip_prefix("sha256:").unwrap_or(h);
+    if h.len() != 64 || !h.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(format!("{s:?} is not a SHA-256 (64 hex digits)"));
+    }
+    Ok(h.to_ascii_lowercase())
+}
+
+/// Reads a detached checksum: the first word of the first non-comment
+/// line, as `sha256sum` writes it.
+pub fn parse_checksum_file(text: &str) -> Result<String, String> {
+    let word = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .and_then(|l| l.split_whitespace().next())
+        .ok_or("the checksum file is empty")?;
+    parse_sha256_hex(word)
+}
+
+/// Parses a list body: a TOML document with `[[images]]` (and optional
+/// `version = 1`), or one reference per line with `#` comments. Entries
+/// get the source's defaults unless they set their own.
+pub fn parse_list(
+    src: &ListSource,
+    origin: &Path,
+    text: &str,
+    require_digest: bool,
+) -> Result<Vec<ImageEntry>, SourceError> {
+    let entry_err = |at: String, message: String| SourceError::Entry {
+        list: src.name.clone(),
+        at,
+        message,
+    };
+    let mut raw: Vec<(String, RawImage)> = Vec::new();
+    let significant = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'));
+    let is_toml = significant.is_some_and(|l| l.starts_with('[') || l.contains('='));
+    if is_toml {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct RawList {
+            version: Option<u32>,
+            #[serde(default)]
+            images: Vec<RawImage>,
+        }
+        let list: RawList = toml::from_str(text)
+            .map_err(|e| entry_err("TOML".into(), e.to_string().trim_end().replace('\n', " ")))?;
+        if let Some(v) = list.version.filter(|v| *v != 1) {
+            return Err(entry_err(
+                "version".into(),
+                format!("version {v} is not supported; lists are version = 1"),
+            ));
+        }
+        raw.extend(
+            list.images
+                .into_iter()
+                .enumerate()
+                .map(|(i, img)| (format!("images[{i}].ref"), img)),
+        );
+    } else {
+        for (n, line) in text.lines().enumerate() {
+            let line = match line.find('#') {
+                Some(i) => &line[..i],
+                None => line,
+            }
+            .trim();
+            if line.is_empty() {
+                continue;
+            }
+            raw.push((
+                format!("line {}", n + 1),
+                RawImage {
+                    reference: line.to_string(),
+                    priority: None,
+                    required: None,
+                },
+            ));
+        }
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    for (at, img) in raw {
+        let reference =
+            Reference::parse(&img.reference).map_err(|e| entry_err(at.clone(), e.to_string()))?;
+        if require_digest && reference.digest.is_none() {
+            return Err(entry_err(
+                at,
+                crate::config::require_digest_message(&reference),
+            ));
+        }
+        merge_into(
+            &mut out,
+            ImageEntry {
+                reference,
+                priority: img.priority.unwrap_or(src.priority),
+                required: img.required.unwrap_or(src.required),
+                source: origin.to_path_buf(),
+                key: at,
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// Adds `entry`, or merges it into an entry with the same reference: the
+/// higher priority, required if either is.
+pub fn merge_into(list: &mut Vec<ImageEntry>, entry: ImageEntry) {
+    match list.iter_mut().find(|e| e.reference == entry.reference) {
+        Some(e) => {
+            e.priority = e.priority.max(entry.priority);
+            e.required |= entry.required;
+        }
+        None => list.push(entry),
+    }
+}
+
+/// Where a url source's last good copy lives.
+pub fn cache_path(state_dir: &Path, url: &reqwest::Url) -> PathBuf {
+    let h = hex::encode(Sha256::digest(url.as_str().as_bytes()));
+    state_dir
+        .join("sources")
+        .join(format!("url-{}.list", &h[..16]))
+}
+
+/// Reads every source, then adds the inline `[[images]]`: the merged list.
+/// Never fails as a whole: a failed source is logged and reported.
+pub async fn load(s: &crate::config::Settings) -> Loaded {
+    let mut loaded = Loaded::default();
+    for src in &s.list_sources {
+        let mut report = SourceReport {
+            name: src.name.clone(),
+            kind: src.kind.name().into(),
+            required: src.required,
+            status: SourceStatus::Read,
+            images: 0,
+            sha256: None,
+            note: None,
+        };
+        let entries = match &src.kind {
+            SourceKind::File { path } => read_file(src, path, s.require_digest),
+            SourceKind::Url { url, checksum, ca } => {
+                read_url(src, url, checksum, ca.as_deref(), s, &mut report).await
+            }
+            SourceKind::Archive { path } => {
+                let path = path.clone();
+                let name = src.name.clone();
+                match tokio::task::spawn_blocking(move || Archive::open_all(&path)).await {
+                    Ok(Ok(archives)) => {
+                        let mut entries = Vec::new();
+                        for a in archives {
+                            for img in a.images() {
+                                merge_into(
+                                    &mut entries,
+                                    ImageEntry {
+                                        reference: img.reference.clone(),
+                                        priority: src.priority,
+                                        required: src.required,
+                                        source: a.path().to_path_buf(),
+                                        key: img.name_key.clone(),
+                                    },
+                                );
+                            }
+                            loaded.archives.push(Arc::new(a));
+                        }
+                        Ok(entries)
+                    }
+                    Ok(Err(e)) => Err(SourceError::Read {
+                        list: name,
+                        message: crate::error_chain(&e),
+                    }),
+                    Err(e) => Err(SourceError::Read {
+                        list: name,
+                        message: e.to_string(),
+                    }),
+                }
+            }
+        };
+        match entries {
+            Ok(entries) => {
+                report.images = entries.len();
+                for e in entries {
+                    merge_into(&mut loaded.images, e);
+                }
+            }
+            Err(e) => {
+                let why = crate::error_chain(&e);
+                tracing::error!(source = %src.name, required = src.required, error = %why, "image list source failed");
+                report.status = SourceStatus::Failed;
+                report.note = Some(why);
+            }
+        }
+        loaded.reports.push(report);
+    }
+    for e in &s.images {
+        merge_into(&mut loaded.images, e.clone());
+    }
+    loaded
+}
+
+fn read_file(
+    src: &ListSource,
+    path: &Path,
+    require_digest: bool,
+) -> Result<Vec<ImageEntry>, SourceError> {
+    let bytes = std::fs::read(path).map_err(|e| SourceError::Read {
+        list: src.name.clone(),
+        message: format!("reading {}: {e}", path.display()),
+    })?;
+    let text = String::from_utf8(bytes).map_err(|_| SourceError::Read {
+        list: src.name.clone(),
+        message: format!("{} is not UTF-8 text", path.display()),
+    })?;
+    parse_list(src, path, &text, require_digest)
+}
+
+/// Checks the local sources (file lists, archives) without touching the
+/// network: for `check-config`.
+pub fn check_local(s: &crate::config::Settings) -> Result<usize, SourceError> {
+    let mut n = 0;
+    for src in &s.list_sources {
+        match &src.kind {
+            SourceKind::File { path } => n += read_file(src, path, s.require_digest)?.len(),
+            SourceKind::Archive { path } => {
+                for a in Archive::open_all(path).map_err(|e| SourceError::Read {
+                    list: src.name.clone(),
+                    message: crate::error_chain(&e),
+                })? {
+                    n += a.images().len();
+                }
+            }
+            SourceKind::Url { .. } => {}
+        }
+    }
+    Ok(n)
+}
+
+/// Fetches and checks a url list; on failure falls back to the cache.
+async fn read_url(
+    src: &ListSource,
+    url: &reqwest::Url,
+    checksum: &Checksum,
+    ca: Option<&Path>,
+    s: &crate::config::Settings,
+    report: &mut SourceReport,
+) -> Result<Vec<ImageEntry>, SourceError> {
+    let cache = cache_path(&s.state_dir, url);
+    let origin = PathBuf::from(url.as_str());
+    let fetched = match tokio::time::timeout(src.timeout, fetch_checked(url, checksum, ca)).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("no complete answer within {:?}", src.timeout)),
+    };
+    let fresh = fetched.and_then(|body| {
+        let text =
+            String::from_utf8(body.clone()).map_err(|_| "the list is not UTF-8".to_string())?;
+        let entries = parse_list(src, &origin, &text, s.require_digest)
+            .map_err(|e| crate::error_chain(&e))?;
+        Ok((body, entries))
+    });
+    match fresh {
+        Ok((body, entries)) => {
+            report.sha256 = Some(hex::encode(Sha256::digest(&body)));
+            if let Err(e) = crate::report::write_atomic(&cache, &body) {
+                tracing::warn!(source = %src.name, cache = %cache.display(), error = %e, "caching the list");
+            }
+            Ok(entries)
+        }
+        Err(why) => {
+            let cached = read_cache(src, &cache, checksum, &origin, s.require_digest);
+            match cached {
+                Ok((sha, entries)) => {
+                    let note = format!(
+                        "{why}; using the last good copy cached at {}",
+                        cache.display()
+                    );
+                    tracing::warn!(source = %src.name, "image list {}: {note}", src.name);
+                    report.status = SourceStatus::Cached;
+                    report.sha256 = Some(sha);
+                    report.note = Some(note);
+                    Ok(entries)
+                }
+                Err(cache_why) => Err(SourceError::Read {
+                    list: src.name.clone(),
+                    message: format!("{why}; {cache_why}"),
+                }),
+            }
+        }
+    }
+}
+
+fn read_cache(
+    src: &ListSource,
+    cache: &Path,
+    checksum: &Checksum,
+    origin: &Path,
+    require_digest: bool,
+) -> Result<(String, Vec<ImageEntry>), String> {
+    let body = match std::fs::read(cache) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(format!("no cached copy at {}", cache.display()))
+        }
+        Err(e) => return Err(format!("reading the cached copy {}: {e}", cache.display())),
+    };
+    let sha = hex::encode(Sha256::digest(&body));
+    if let Checksum::Sha256(want) = checksum {
+        if &sha != want {
+            return Err(format!(
+                "the cached copy at {} has SHA-256 {sha}, not the configured {want}",
+                cache.display()
+            ));
+        }
+    }
+    let text = String::from_utf8(body)
+        .map_err(|_| format!("the cached copy at {} is not UTF-8", cache.display()))?;
+    let entries = parse_list(src, origin, &text, require_digest)
+        .map_err(|e| format!("the cached copy is unusable: {}", crate::error_chain(&e)))?;
+    Ok((sha, entries))
+}
+
+/// GETs `url` (and its detached checksum) and checks the body's SHA-256.
+async fn fetch_checked(
+    url: &reqwest::Url,
+    checksum: &Checksum,
+    ca: Option<&Path>,
+) -> Result<Vec<u8>, String> {
+    let client = http_client(ca)?;
+    let body = get(&client, url).await?;
+    let want = match checksum {
+        Checksum::Sha256(h) => h.clone(),
+        Checksum::Url(u) => {
+            let text = get(&client, u).await?;
+            parse_checksum_file(&String::from_utf8_lossy(&text))
+                .map_err(|m| format!("checksum file {u}: {m}"))?
+        }
+    };
+    let got = hex::encode(Sha256::digest(&body));
+    if got != want {
+        return Err(format!(
+            "refused: the body ({} bytes) has SHA-256 {got}, expected {want} (tampered or truncated)",
+            body.len()
+        ));
+    }
+    Ok(body)
+}
+
+fn http_client(ca: Option<&Path>) -> Result<reqwest::Client, String> {
+    let policy = reqwest::redirect::Policy::custom(|attempt| {
+        let ok = attempt.url().scheme() == "https"
+            || (attempt.url().scheme() == "http" && is_loopback(attempt.url()));
+        if attempt.previous().len() >= 5 {
+            attempt.error("too many redirects")
+        } else if ok {
+            attempt.follow()
+        } else {
+            attempt.error("refusing a redirect to plain http")
+        }
+    });
+    let mut b = reqwest::Client::builder()
+        .use_rustls_tls()
+        .redirect(policy)
+        .no_proxy()
+        .user_agent(format!("prewarm/{}", env!("CARGO_PKG_VERSION")));
+    if let Some(ca) = ca {
+        let pem = std::fs::read(ca).map_err(|e| format!("reading CA {}: {e}", ca.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| format!("CA {}: {e}", ca.display()))?;
+        if certs.is_empty() {
+            return Err(format!("CA {}: no certificate in it", ca.display()));
+        }
+        for c in certs {
+            b = b.add_root_certificate(c);
+        }
+    }
+    b.build().map_err(|e| crate::error_chain(&e))
+}
+
+async fn get(client: &reqwest::Client, url: &reqwest::Url) -> Result<Vec<u8>, String> {
+    use futures_util::StreamExt;
+    let resp = client
+        .get(url.clone())
+        .send()
+        .await
+        .map_err(|e| format!("GET {url}: {}", crate::error_chain(&e)))?;
+    if !resp.status().is_success() {
+        return Err(format!("GET {url}: HTTP {}", resp.status().as_u16()));
+    }
+    let mut body = Vec::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| format!("GET {url}: {}", crate::error_chain(&e)))?;
+        if body.len() + chunk.len() > MAX_LIST_BYTES {
+            return Err(format!("GET {url}: more than {MAX_LIST_BYTES} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn src(priority: i32, required: bool) -> ListSource {
+        ListSource {
+            name: "team-list".into(),
+            kind: SourceKind::File {
+                path: "/etc/prewarm/images.list".into(),
+            },
+            timeout: DEFAULT_TIMEOUT,
+            priority,
+            required,
+            defined_in: "/etc/prewarm/config.d/50.toml".into(),
+            key: "sources[0]".into(),
+        }
+    }
+
+    const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn plain_list_with_comments_and_defaults() {
+        let text =
+            format!("# the team's images\n\nnginx:1.25   # web\n  quay.io/a/b@{D}\n\nnginx:1.25\n");
+        let l = parse_list(&src(5, true), Path::new("/x"), &text, false).unwrap();
+        assert_eq!(l.len(), 2, "duplicates merge");
+        assert_eq!(l[0].reference.to_string(), "docker.io/library/nginx:1.25");
+        assert_eq!((l[0].priority, l[0].required), (5, true));
+        assert_eq!(l[0].key, "line 3");
+        assert_eq!(l[1].reference.digest.as_deref(), Some(D));
+    }
+
+    #[test]
+    fn toml_list_overrides_defaults() {
+        let text = "version = 1\n[[images]]\nref = \"a:1\"\npriority = 9\n[[images]]\nref = \"b:2\"\nrequired = false\n";
+        let l = parse_list(&src(1, true), Path::new("/x"), text, false).unwrap();
+        assert_eq!((l[0].priority, l[0].required), (9, true));
+        assert_eq!((l[1].priority, l[1].required), (1, false));
+    }
+
+    #[test]
+    fn list_errors_name_the_list_and_line() {
+        let err = parse_list(&src(0, false), Path::new("/x"), "ok:1\nBad Ref\n", false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("team-list") && err.contains("line 2"), "{err}");
+        let err = parse_list(
+            &src(0, false),
+            Path::new("/x"),
+            "[[images]]\nreff = \"a\"\n",
+            false,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("unknown field"), "{err}");
+        let err = parse_list(&src(0, false), Path::new("/x"), "nginx:1\n", true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("line 1") && err.contains("require-digest"),
+            "{err}"
+        );
+        assert!(parse_list(
+            &src(0, false),
+            Path::new("/x"),
+            &format!("nginx@{D}\n"),
+            true
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn checksums() {
+        let h = "A".repeat(64);
+        assert_eq!(parse_sha256_hex(&h).unwrap(), "a".repeat(64));
+        assert_eq!(
+            parse_sha256_hex(&format!("sha256:{}", "b".repeat(64))).unwrap(),
+            "b".repeat(64)
+        );
+        assert!(parse_sha256_hex("abc").is_err());
+        assert!(parse_sha256_hex(&"g".repeat(64)).is_err());
+        let file = format!("# made by CI\n{}  images.list\n", "c".repeat(64));
+        assert_eq!(parse_checksum_file(&file).unwrap(), "c".repeat(64));
+        assert!(parse_checksum_file("\n# nothing\n").is_err());
+        assert!(parse_checksum_file("<html>not found</html>").is_err());
+    }
+
+    #[test]
+    fn urls_are_https_or_loopback() {
+        assert!(parse_list_url("https://lists.example/images.list").is_ok());
+        assert!(parse_list_url("http://127.0.0.1:8080/l").is_ok());
+        assert!(parse_list_url("http://[::1]:8080/l").is_ok());
+        assert!(parse_list_url("http://localhost/l").is_ok());
+        assert!(parse_list_url("http://lists.example/l").is_err());
+        assert!(parse_list_url("http://10.0.0.1/l").is_err());
+        assert!(parse_list_url("ftp://127.0.0.1/l").is_err());
+        assert!(parse_list_url("not a url").is_err());
+    }
+
+    #[test]
+    fn merge_keeps_highest_priority_and_any_required() {
+        let e = |p, r| ImageEntry {
+            reference: Reference::parse("a:1").unwrap(),
+            priority: p,
+            required: r,
+            source: "/x".into(),
+            key: "line 1".into(),
+        };
+        let mut l = vec![e(1, true)];
+        merge_into(&mut l, e(7, false));
+        assert_eq!(l.len(), 1);
+        assert_eq!((l[0].priority, l[0].required), (7, true));
+    }
+
+    #[test]
+    fn cache_paths_are_per_url() {
+        let a = cache_path(
+            Path::new("/s"),
+            &parse_list_url("https://a.example/l").unwrap(),
+        );
+        let b = cache_path(
+            Path::new("/s"),
+            &parse_list_url("https://b.example/l").unwrap(),
+        );
+        assert_ne!(a, b);
+        assert!(a.starts_with("/s/sources"));
+    }
+}
