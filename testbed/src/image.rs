@@ -439,6 +439,91 @@ pub fn push_image(
     })
 }
 
+/// Builds `images` into an OCI image layout at `dir` without pushing: the
+/// layout a node image would carry for an air-gapped import. The index.json
+/// entry is annotated `org.opencontainers.image.ref.name = <reference>`
+/// (a full `host/repo:tag`). One image gives a manifest, several an OCI
+/// index. The returned digests are those of the bytes written.
+pub fn write_oci_layout(reference: &str, images: &[ImageSpec], dir: &Path) -> Result<PushedImage> {
+    ensure!(
+        !images.is_empty(),
+        "write_oci_layout needs at least one ImageSpec"
+    );
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
+    }
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).with_context(|| format!("creating {}", blobs.display()))?;
+    let built = images
+        .iter()
+        .map(|i| build_image(&blobs, i, Format::Oci))
+        .collect::<Result<Vec<_>>>()?;
+    let is_index = built.len() > 1;
+    let mut top = if is_index {
+        let entries: Vec<Value> = built.iter().map(|b| b.manifest_desc.clone()).collect();
+        let index =
+            json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}).to_string();
+        put_blob(&blobs, OCI_INDEX, index.as_bytes())?
+    } else {
+        let mut d = built[0].manifest_desc.clone();
+        if let Some(o) = d.as_object_mut() {
+            o.remove("platform");
+        }
+        d
+    };
+    let top_digest = top["digest"].as_str().context("top digest")?.to_string();
+    top["annotations"] = json!({"org.opencontainers.image.ref.name": reference});
+    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    std::fs::write(
+        dir.join("index.json"),
+        json!({"schemaVersion": 2, "manifests": [top]}).to_string(),
+    )?;
+    let mut manifests = Vec::new();
+    for (b, img) in built.iter().zip(images) {
+        let m: Value = serde_json::from_slice(&b.manifest)?;
+        let layers = m["layers"].as_array().context("manifest without layers")?;
+        manifests.push(BuiltManifest {
+            digest: b.manifest_desc["digest"]
+                .as_str()
+                .context("digest")?
+                .to_string(),
+            config_digest: m["config"]["digest"]
+                .as_str()
+                .context("config")?
+                .to_string(),
+            layer_digests: layers
+                .iter()
+                .map(|l| {
+                    l["digest"]
+                        .as_str()
+                        .map(str::to_string)
+                        .context("layer digest")
+                })
+                .collect::<Result<_>>()?,
+            diff_ids: b.diff_ids.clone(),
+            compressed_size: layers.iter().filter_map(|l| l["size"].as_u64()).sum(),
+            unpacked_size: b.unpacked_size,
+            platform: (img.os.clone(), img.arch.clone(), img.variant.clone()),
+        });
+    }
+    Ok(PushedImage {
+        reference: reference.to_string(),
+        top_digest,
+        manifests,
+        is_index,
+    })
+}
+
+/// Packs an OCI layout directory into an `oci-archive` tarball (plain tar).
+pub fn write_oci_archive(layout: &Path, out: &Path) -> Result<()> {
+    let f = std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
+    let mut b = tar::Builder::new(f);
+    b.append_dir_all(".", layout)
+        .with_context(|| format!("packing {}", layout.display()))?;
+    b.finish()?;
+    Ok(())
+}
+
 /// GET a manifest over plain HTTP, accepting the four schema-2/OCI types.
 fn fetch_plain(host: &str, repo: &str, reference: &str) -> Result<Vec<u8>> {
     let addr: SocketAddr = host

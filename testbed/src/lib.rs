@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 mod containerd;
+mod files;
 pub mod http;
 mod image;
 pub mod kubeapi;
@@ -19,8 +20,10 @@ mod registry;
 pub mod scenario;
 
 pub use containerd::Containerd;
+pub use files::FileServer;
 pub use image::{
-    push_image, random_bytes, BuiltManifest, Compression, Format, ImageSpec, LayerSpec, PushedImage,
+    push_image, random_bytes, write_oci_archive, write_oci_layout, BuiltManifest, Compression,
+    Format, ImageSpec, LayerSpec, PushedImage,
 };
 pub use kubeapi::{Credential, KubeApi, Outage, Role};
 pub use proxy::{FaultProxy, Logged};

@@ -192,17 +192,17 @@ pub(crate) fn unique_seed() -> u64 {
     t ^ ((std::process::id() as u64) << 32)
 }
 
-struct Pki {
-    ca_cert: PathBuf,
-    server_cert: PathBuf,
-    server_key: PathBuf,
+pub(crate) struct Pki {
+    pub(crate) ca_cert: PathBuf,
+    pub(crate) server_cert: PathBuf,
+    pub(crate) server_key: PathBuf,
     signer_cert: PathBuf,
     signer_key: PathBuf,
 }
 
 /// A CA, a server certificate for IP 127.0.0.1 and a token-signing
 /// certificate, all made with the openssl CLI.
-fn make_pki(dir: &Path) -> Result<Pki> {
+pub(crate) fn make_pki(dir: &Path) -> Result<Pki> {
     std::fs::create_dir_all(dir).context("creating tls dir")?;
     let cnf = dir.join("openssl.cnf");
     std::fs::write(

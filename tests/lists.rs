@@ -1,0 +1,450 @@
+//! Keeping the preload list in step with what is deployed, against a real
+//! containerd and registry: a list served over HTTPS with a checksum (and
+//! its cached fallback), a tag that moves between runs, gc of de-listed
+//! images, pinning, and an air-gapped import from an archive on disk.
+
+mod common;
+
+use common::*;
+use prewarm::report::ImageStatus;
+use prewarm::sources::SourceStatus;
+use sha2::{Digest, Sha256};
+use testbed::{Compression::Gzip, FileServer, Format};
+
+fn sha256_hex(b: &[u8]) -> String {
+    hex::encode(Sha256::digest(b))
+}
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn url_list_is_checked_cached_and_falls_back() {
+    let env = Env::start();
+    let img = push(
+        &env.registry.host(),
+        "team/web:1",
+        &[linux("amd64", None, layers(100, &[Gzip], 64 << 10))],
+        Format::Oci,
+        &env.path("images"),
+    );
+    let mut server = FileServer::start(&env.path("https")).expect("starting the list server");
+    let list = format!("# deployed by CI\n{}\n", img.reference);
+    server.put(
+        "images.list.sha256",
+        format!("{}  images.list\n", sha256_hex(list.as_bytes())).as_bytes(),
+    );
+    // Truncated: the checksum is of the whole list.
+    server.put("images.list", b"# deployed by CI\n");
+    let state = env.path("state");
+    let source = format!(
+        "[[sources]]\nkind = \"url\"\nname = \"team\"\nurl = {:?}\nchecksum-url = {:?}\nca = {:?}\ntimeout = \"5s\"\nrequired = true\n",
+        server.url("images.list"),
+        server.url("images.list.sha256"),
+        server.ca_cert,
+    );
+    let config = env.config_with(&[], &format!("state-dir = {state:?}\nretries = 2"), &source);
+    let config = config.to_str().unwrap();
+
+    // Refused, and nothing to fall back to: exit 6, the source named.
+    let out = env.prewarm(&["pull", "--config", config]);
+    assert_eq!(exit_code(&out), 6, "a required list that is refused");
+    assert!(stderr(&out).contains("team") && stderr(&out).contains("tampered or truncated"));
+    let report = env.report();
+    assert_eq!(report.sources[0].status, SourceStatus::Failed);
+    assert!(report.images.is_empty());
+
+    // The good list: pulled, and cached.
+    server.put("images.list", list.as_bytes());
+    let out = env.prewarm(&["pull", "--config", config]);
+    assert_eq!(exit_code(&out), 0);
+    let report = env.report();
+    assert_eq!(report.sources[0].status, SourceStatus::Read);
+    assert_eq!(
+        report.sources[0].sha256.as_deref(),
+        Some(sha256_hex(list.as_bytes()).as_str())
+    );
+    assert_eq!(report.summary.pulled, 1, "{report:#?}");
+    assert!(
+        std::fs::read_dir(state.join("sources")).unwrap().count() == 1,
+        "one cached list"
+    );
+    env.assert_visible(&img, 0).await;
+
+    // Tampered now: refused, and the cached copy is used, saying so.
+    server.put(
+        "images.list",
+        format!("{list}evil.example/miner:1\n").as_bytes(),
+    );
+    let out = env.prewarm(&["pull", "--config", config]);
+    assert_eq!(exit_code(&out), 0);
+    let report = env.report();
+    assert_eq!(report.sources[0].status, SourceStatus::Cached);
+    let note = report.sources[0].note.clone().unwrap_or_default();
+    assert!(
+        note.contains("tampered or truncated") && note.contains("last good copy"),
+        "{note}"
+    );
+    assert!(stderr(&out).contains("last good copy"));
+    assert_eq!(
+        report.images.len(),
+        1,
+        "the cached list, not the tampered one"
+    );
+    assert_eq!(report.summary.present, 1);
+
+    // Unreachable: the cached copy again.
+    server.stop();
+    let out = env.prewarm(&["pull", "--config", config]);
+    assert_eq!(exit_code(&out), 0);
+    let report = env.report();
+    assert_eq!(report.sources[0].status, SourceStatus::Cached);
+    assert!(stderr(&out).contains("using the last good copy"));
+
+    // Unreachable without a cache: a clear error naming the source.
+    std::fs::remove_dir_all(&state).unwrap();
+    let out = env.prewarm(&["pull", "--config", config]);
+    assert_eq!(exit_code(&out), 6);
+    let err = stderr(&out);
+    assert!(
+        err.contains("image list team") && err.contains("no cached copy"),
+        "{err}"
+    );
+    // An incomplete list never removes anything.
+    let out = env.prewarm(&["gc", "--apply", "--config", config]);
+    assert_eq!(exit_code(&out), 6);
+    assert!(stderr(&out).contains("incomplete"));
+    env.assert_visible(&img, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moved_tag_is_pulled_and_plan_shows_the_drift() {
+    let env = Env::start();
+    let host = env.registry.host();
+    let work = env.path("images");
+    let v1 = push(
+        &host,
+        "team/api:stable",
+        &[linux("amd64", None, layers(200, &[Gzip], 64 << 10))],
+        Format::Oci,
+        &work,
+    );
+    let config = env.config(&[(&v1.reference, true)], "");
+    let config = config.to_str().unwrap();
+    assert_eq!(exit_code(&env.prewarm(&["pull", "--config", config])), 0);
+
+    // The plan on a warm node: no drift.
+    let out = env.prewarm(&["plan", "--config", config]);
+    let line = stdout(&out)
+        .lines()
+        .find(|l| l.contains("team/api:stable"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        line.contains(" present ") && line.contains(" no "),
+        "{line}"
+    );
+
+    // CI moves the tag.
+    let v2 = push(
+        &host,
+        "team/api:stable",
+        &[linux("amd64", None, layers(300, &[Gzip, Gzip], 64 << 10))],
+        Format::Oci,
+        &work,
+    );
+    assert_ne!(v1.top_digest, v2.top_digest);
+    let out = env.prewarm(&["plan", "--config", config]);
+    let line = stdout(&out)
+        .lines()
+        .find(|l| l.contains("team/api:stable"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(line.contains(" pull ") && line.contains(" yes "), "{line}");
+    assert!(
+        line.contains(&v2.top_digest),
+        "the digest it resolves to now: {line}"
+    );
+    assert!(
+        line.contains(&format!("node holds {}", v1.top_digest)),
+        "{line}"
+    );
+
+    let out = env.prewarm(&["pull", "--config", config]);
+    assert_eq!(exit_code(&out), 0);
+    let report = env.report();
+    assert_eq!(report.images[0].status, ImageStatus::Pulled);
+    assert_eq!(
+        report.images[0].digest.as_deref(),
+        Some(v2.top_digest.as_str())
+    );
+    assert_eq!(
+        report.images[0].previous_digest.as_deref(),
+        Some(v1.top_digest.as_str())
+    );
+    env.assert_visible(&v2, 0).await;
+    let client = env.client().await;
+    let tag = client.image_get(&v2.reference).await.unwrap().unwrap();
+    assert_eq!(
+        tag.target.unwrap().digest,
+        v2.top_digest,
+        "the tag record moved"
+    );
+
+    // The old digest's records are no longer listed: gc removes them, and
+    // only them.
+    let old_by_digest = format!("{host}/team/api@{}", v1.top_digest);
+    let out = env.prewarm(&["gc", "--config", config]);
+    assert_eq!(exit_code(&out), 0);
+    let dry = stdout(&out);
+    assert!(
+        dry.contains(&format!("would remove {old_by_digest}")),
+        "{dry}"
+    );
+    assert!(
+        dry.contains(&format!("would remove {}", v1.manifests[0].config_digest)),
+        "{dry}"
+    );
+    assert!(!dry.contains(&v2.top_digest), "{dry}");
+    assert!(
+        client.image_get(&old_by_digest).await.unwrap().is_some(),
+        "a dry run removes nothing"
+    );
+    let out = env.prewarm(&["gc", "--apply", "--config", config]);
+    assert_eq!(exit_code(&out), 0);
+    assert!(client.image_get(&old_by_digest).await.unwrap().is_none());
+    assert!(
+        client
+            .content_info(&v1.manifests[0].layer_digests[0])
+            .await
+            .unwrap()
+            .is_none(),
+        "old layers collected"
+    );
+    env.assert_visible(&v2, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_removes_only_delisted_prewarm_images_and_unpins() {
+    let env = Env::start();
+    let host = env.registry.host();
+    let work = env.path("images");
+    let spec = |seed| vec![linux("amd64", None, layers(seed, &[Gzip], 96 << 10))];
+    let gone = push(&host, "old/gone:1", &spec(400), Format::Oci, &work);
+    let used = push(&host, "old/used:1", &spec(500), Format::Oci, &work);
+    let kept = push(&host, "new/kept:1", &spec(600), Format::Oci, &work);
+    let theirs = push(&host, "other/theirs:1", &spec(700), Format::Oci, &work);
+    let all = [
+        (gone.reference.as_str(), true),
+        (used.reference.as_str(), true),
+        (kept.reference.as_str(), true),
+    ];
+    let config = env.config(&all, "");
+    assert_eq!(
+        exit_code(&env.prewarm(&["pull", "--config", config.to_str().unwrap()])),
+        0
+    );
+
+    // Pinned by default, with prewarm's own marker.
+    let client = env.client().await;
+    for img in [&gone, &used, &kept] {
+        let rec = client.image_get(&img.reference).await.unwrap().unwrap();
+        assert_eq!(
+            rec.labels
+                .get("io.cri-containerd.pinned")
+                .map(String::as_str),
+            Some("pinned")
+        );
+        assert_eq!(
+            rec.labels.get("io.prewarm.pinned").map(String::as_str),
+            Some("true")
+        );
+    }
+    // containerd 1.6's CRI does not report `pinned` (1.7 added it): the
+    // label on the record is what counts there.
+    let cri = prewarm::cri::Cri::new(client.channel());
+    let status = cri.image_status(&kept.reference).await.unwrap().unwrap();
+    let version = env.containerd.ctr(&["version"]).unwrap();
+    assert!(
+        status.pinned || version.contains("Version:  1.6"),
+        "CRI pinned={} on {version}",
+        status.pinned
+    );
+
+    // Someone else pulls an image; a container uses one of ours.
+    env.containerd
+        .ctr(&["images", "pull", "--plain-http", &theirs.reference])
+        .unwrap();
+    env.containerd
+        .ctr(&["containers", "create", &used.reference, "web-1"])
+        .unwrap();
+
+    // The list moves on: only `kept` stays. pull unpins what left.
+    let config = env.config(&[(&kept.reference, true)], "");
+    let config = config.to_str().unwrap();
+    assert_eq!(exit_code(&env.prewarm(&["pull", "--config", config])), 0);
+    let report = env.report();
+    let unpinned = report.gc.clone().unwrap().unpinned;
+    assert!(
+        unpinned.contains(&gone.reference) && unpinned.contains(&used.reference),
+        "{unpinned:?}"
+    );
+    assert!(
+        report.gc.unwrap().removed.is_empty(),
+        "gc is off in pull by default"
+    );
+    for img in [&gone, &used] {
+        let rec = client.image_get(&img.reference).await.unwrap().unwrap();
+        assert!(
+            !rec.labels.contains_key("io.cri-containerd.pinned"),
+            "{}",
+            img.reference
+        );
+        assert!(!rec.labels.contains_key("io.prewarm.pinned"));
+        assert_eq!(
+            rec.labels.get("io.prewarm.preloaded").map(String::as_str),
+            Some("true")
+        );
+    }
+
+    // Dry run: says what would go and what it frees; removes nothing.
+    let out = env.prewarm(&["gc", "--config", config]);
+    assert_eq!(exit_code(&out), 0);
+    let dry = stdout(&out);
+    assert!(
+        dry.contains(&format!("would remove {}", gone.reference)),
+        "{dry}"
+    );
+    assert!(
+        dry.contains(&format!("keep {}", used.reference))
+            && dry.contains("in use by container web-1"),
+        "{dry}"
+    );
+    assert!(
+        !dry.contains(&theirs.reference) && !dry.contains(&kept.reference),
+        "{dry}"
+    );
+    let freed: u64 = dry
+        .lines()
+        .last()
+        .and_then(|l| l.split(", ").last())
+        .and_then(|l| l.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(freed >= gone.manifests[0].compressed_size, "{dry}");
+    assert!(client.image_get(&gone.reference).await.unwrap().is_some());
+
+    let out = env.prewarm(&["gc", "--apply", "--config", config]);
+    assert_eq!(exit_code(&out), 0);
+    for name in [
+        gone.reference.clone(),
+        format!("{host}/old/gone@{}", gone.top_digest),
+        gone.manifests[0].config_digest.clone(),
+    ] {
+        assert!(
+            client.image_get(&name).await.unwrap().is_none(),
+            "{name} removed"
+        );
+    }
+    assert!(client
+        .content_info(&gone.manifests[0].layer_digests[0])
+        .await
+        .unwrap()
+        .is_none());
+    assert!(
+        client.image_get(&used.reference).await.unwrap().is_some(),
+        "in use: kept"
+    );
+    assert!(
+        client.image_get(&theirs.reference).await.unwrap().is_some(),
+        "not ours: kept"
+    );
+    env.assert_visible(&kept, 0).await;
+    let rec = client.image_get(&kept.reference).await.unwrap().unwrap();
+    assert_eq!(
+        rec.labels
+            .get("io.cri-containerd.pinned")
+            .map(String::as_str),
+        Some("pinned")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn air_gapped_import_from_an_archive_then_top_up_from_the_registry() {
+    let mut env = Env::start();
+    let host = env.registry.host();
+    let archives = env.path("baked");
+    std::fs::create_dir_all(&archives).unwrap();
+    // One image as an oci-archive tarball, one as a layout directory.
+    let tar_ref = format!("{host}/ml/model:1.2");
+    let tar_img = testbed::write_oci_layout(
+        &tar_ref,
+        &[linux(
+            "amd64",
+            None,
+            layers(800, &[Gzip, testbed::Compression::Zstd], 128 << 10),
+        )],
+        &env.path("layout-model"),
+    )
+    .unwrap();
+    testbed::write_oci_archive(&env.path("layout-model"), &archives.join("model.tar")).unwrap();
+    let dir_ref = format!("{host}/ml/tools:3");
+    let dir_img = testbed::write_oci_layout(
+        &dir_ref,
+        &[
+            linux("arm64", Some("v8"), layers(900, &[Gzip], 64 << 10)),
+            linux("amd64", None, layers(910, &[Gzip], 64 << 10)),
+        ],
+        &archives.join("tools"),
+    )
+    .unwrap();
+    let extra = push(
+        &host,
+        "ml/extra:1",
+        &[linux("amd64", None, layers(950, &[Gzip], 64 << 10))],
+        Format::Oci,
+        &env.path("images"),
+    );
+
+    // No registry at all.
+    env.registry.stop();
+    let source = format!("[[sources]]\nkind = \"archive\"\npath = {archives:?}\nrequired = true\n");
+    let config = env.config(&[], &source);
+    let out = env.prewarm(&["pull", "--config", config.to_str().unwrap()]);
+    assert_eq!(exit_code(&out), 0);
+    let report = env.report();
+    assert_eq!(report.summary.pulled, 2, "{report:#?}");
+    for i in &report.images {
+        assert!(
+            i.origin.as_deref().unwrap_or("").starts_with("archive:"),
+            "{i:?}"
+        );
+        assert_eq!(i.bytes, 0, "nothing downloaded");
+    }
+    env.assert_visible(&tar_img, 0).await;
+    env.assert_visible(&dir_img, 1).await;
+
+    // With the registry back, what the archive lacks comes from there.
+    env.registry.restart().unwrap();
+    let config = env.config(&[(&extra.reference, true)], &source);
+    let out = env.prewarm(&["pull", "--config", config.to_str().unwrap()]);
+    assert_eq!(exit_code(&out), 0);
+    let report = env.report();
+    let by_ref = |r: &str| {
+        report
+            .images
+            .iter()
+            .find(|i| i.reference.starts_with(r))
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(by_ref(&extra.reference).status, ImageStatus::Pulled);
+    assert_eq!(by_ref(&extra.reference).origin.as_deref(), Some("registry"));
+    assert_eq!(by_ref(&tar_ref).status, ImageStatus::Present);
+    env.assert_visible(&extra, 0).await;
+}
