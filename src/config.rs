@@ -166,6 +166,9 @@ struct RawSource {
     sha256: Option<String>,
     checksum_url: Option<String>,
     ca: Option<PathBuf>,
+    configmap: Option<String>,
+    key: Option<String>,
+    kubeconfig: Option<PathBuf>,
     timeout: Option<HumanDuration>,
     priority: Option<i32>,
     required: Option<bool>,
@@ -616,7 +619,67 @@ fn validate_source(
             )),
         }
     };
+    if raw.kind != "configmap" {
+        not_for("configmap", raw.configmap.is_some())?;
+        not_for("key", raw.key.is_some())?;
+        not_for("kubeconfig", raw.kubeconfig.is_some())?;
+    }
     let kind = match raw.kind.as_str() {
+        "configmap" => {
+            not_for("path", raw.path.is_some())?;
+            not_for("url", raw.url.is_some())?;
+            not_for("sha256", raw.sha256.is_some())?;
+            not_for("checksum-url", raw.checksum_url.is_some())?;
+            not_for("ca", raw.ca.is_some())?;
+            let (namespace, name) = match raw.configmap.as_deref().map(|c| c.split_once('/')) {
+                Some(Some((ns, n)))
+                    if crate::sources::is_dns_label(ns) && crate::sources::is_dns_subdomain(n) =>
+                {
+                    (ns.to_string(), n.to_string())
+                }
+                Some(_) => {
+                    return Err(bad(
+                        "configmap",
+                        format!(
+                            "{:?} is not \"<namespace>/<name>\" with Kubernetes names",
+                            raw.configmap.unwrap_or_default()
+                        ),
+                    ))
+                }
+                None => {
+                    return Err(bad(
+                        "configmap",
+                        "missing; kind = \"configmap\" needs `configmap = \"<namespace>/<name>\"`"
+                            .into(),
+                    ))
+                }
+            };
+            let key = raw.key.unwrap_or_else(|| crate::sources::DEFAULT_CONFIGMAP_KEY.into());
+            if key.is_empty()
+                || !key
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                return Err(bad(
+                    "key",
+                    format!("{key:?} is not a ConfigMap key (letters, digits, '-', '_', '.')"),
+                ));
+            }
+            if let Some(k) = &raw.kubeconfig {
+                if !k.is_absolute() {
+                    return Err(bad(
+                        "kubeconfig",
+                        format!("{} is not an absolute path", k.display()),
+                    ));
+                }
+            }
+            SourceKind::ConfigMap {
+                namespace,
+                name,
+                key,
+                kubeconfig: raw.kubeconfig,
+            }
+        }
         "file" | "archive" => {
             not_for("url", raw.url.is_some())?;
             not_for("sha256", raw.sha256.is_some())?;
@@ -674,7 +737,9 @@ fn validate_source(
         other => {
             return Err(bad(
                 "kind",
-                format!("{other:?} is not a source kind; use \"file\", \"url\" or \"archive\""),
+                format!(
+                    "{other:?} is not a source kind; use \"file\", \"url\", \"configmap\" or \"archive\""
+                ),
             ))
         }
     };
@@ -684,6 +749,12 @@ fn validate_source(
         None => match &kind {
             SourceKind::File { path } | SourceKind::Archive { path } => path.display().to_string(),
             SourceKind::Url { url, .. } => url.to_string(),
+            SourceKind::ConfigMap {
+                namespace,
+                name,
+                key,
+                ..
+            } => format!("configmap {namespace}/{name} key {key}"),
         },
     };
     Ok(ListSource {

@@ -1,6 +1,7 @@
 //! Image lists kept outside the configuration (`[[sources]]`): local list
-//! files, lists served over HTTPS with a checksum, and image archives baked
-//! into the OS image. They are merged with the inline `[[images]]` and
+//! files, lists served over HTTPS with a checksum, a key of a Kubernetes
+//! ConfigMap (read with a kubeconfig, over the API server's TLS), and image
+//! archives baked into the OS image. They are merged with the inline `[[images]]` and
 //! de-duplicated by reference (and, once resolved, by digest: see
 //! [`crate::pull`]).
 //!
@@ -25,6 +26,8 @@ use std::time::Duration;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most a list (or a checksum file) may hold.
 pub const MAX_LIST_BYTES: usize = 4 << 20;
+/// The ConfigMap key read when `key` is not set.
+pub const DEFAULT_CONFIGMAP_KEY: &str = "images";
 
 /// One `[[sources]]` entry, validated.
 #[derive(Debug, Clone)]
@@ -56,6 +59,14 @@ pub enum SourceKind {
         /// Extra CA certificates (PEM) to trust for this source.
         ca: Option<PathBuf>,
     },
+    /// A key of a ConfigMap, read through the API server.
+    ConfigMap {
+        namespace: String,
+        name: String,
+        key: String,
+        /// `None`: the `[handoff]` credential.
+        kubeconfig: Option<PathBuf>,
+    },
     /// OCI image layouts, `oci-archive` or `docker-archive` tarballs: a file,
     /// a layout directory, or a directory of those.
     Archive { path: PathBuf },
@@ -66,6 +77,7 @@ impl SourceKind {
         match self {
             SourceKind::File { .. } => "file",
             SourceKind::Url { .. } => "url",
+            SourceKind::ConfigMap { .. } => "configmap",
             SourceKind::Archive { .. } => "archive",
         }
     }
@@ -193,6 +205,21 @@ fn is_loopback(url: &reqwest::Url) -> bool {
     }
 }
 
+/// A Kubernetes namespace name (RFC 1123 label).
+pub fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// A Kubernetes object name (RFC 1123 subdomain).
+pub fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_dns_label)
+}
+
 /// Accepts 64 hex digits, optionally prefixed `sha256:`; returns lowercase.
 pub fn parse_sha256_hex(s: &str) -> Result<String, String> {
     let h = s.trim();
@@ -313,12 +340,26 @@ pub fn merge_into(list: &mut Vec<ImageEntry>, entry: ImageEntry) {
     }
 }
 
-/// Where a url source's last good copy lives.
-pub fn cache_path(state_dir: &Path, url: &reqwest::Url) -> PathBuf {
-    let h = hex::encode(Sha256::digest(url.as_str().as_bytes()));
-    state_dir
-        .join("sources")
-        .join(format!("url-{}.list", &h[..16]))
+/// Where a remote source's last good copy lives: named after what it
+/// reads (the URL, or the ConfigMap and key), so a changed source never
+/// falls back to another one's list. None for local sources.
+pub fn cache_path(state_dir: &Path, kind: &SourceKind) -> Option<PathBuf> {
+    let (prefix, what) = match kind {
+        SourceKind::Url { url, .. } => ("url", url.to_string()),
+        SourceKind::ConfigMap {
+            namespace,
+            name,
+            key,
+            ..
+        } => ("configmap", format!("{namespace}/{name}/{key}")),
+        SourceKind::File { .. } | SourceKind::Archive { .. } => return None,
+    };
+    let h = hex::encode(Sha256::digest(what.as_bytes()));
+    Some(
+        state_dir
+            .join("sources")
+            .join(format!("{prefix}-{}.list", &h[..16])),
+    )
 }
 
 /// Reads every source, then adds the inline `[[images]]`: the merged list.
@@ -338,7 +379,47 @@ pub async fn load(s: &crate::config::Settings) -> Loaded {
         let entries = match &src.kind {
             SourceKind::File { path } => read_file(src, path, s.require_digest),
             SourceKind::Url { url, checksum, ca } => {
-                read_url(src, url, checksum, ca.as_deref(), s, &mut report).await
+                let fetched =
+                    tokio::time::timeout(src.timeout, fetch_checked(url, checksum, ca.as_deref()));
+                let fetched = fetched.await.unwrap_or_else(|_| {
+                    Err(format!("no complete answer within {:?}", src.timeout))
+                });
+                let fixed = match checksum {
+                    Checksum::Sha256(h) => Some(h.as_str()),
+                    Checksum::Url(_) => None,
+                };
+                read_remote(src, fetched, fixed, Path::new(url.as_str()), s, &mut report)
+            }
+            SourceKind::ConfigMap {
+                namespace,
+                name,
+                key,
+                kubeconfig,
+            } => {
+                let origin = PathBuf::from(format!("configmap/{namespace}/{name}"));
+                let fetched = match kubeconfig.clone().or_else(|| {
+                    s.handoff
+                        .kubeconfig_candidates()
+                        .into_iter()
+                        .find(|p| p.exists())
+                }) {
+                    Some(kc) => tokio::time::timeout(
+                        src.timeout,
+                        fetch_configmap(&kc, namespace, name, key, src.timeout),
+                    )
+                    .await
+                    .unwrap_or_else(|_| Err(format!("no answer within {:?}", src.timeout))),
+                    None => Err(format!(
+                        "no kubeconfig: none of {} exists yet",
+                        s.handoff
+                            .kubeconfig_candidates()
+                            .iter()
+                            .map(|p| p.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )),
+                };
+                read_remote(src, fetched, None, &origin, s, &mut report)
             }
             SourceKind::Archive { path } => {
                 let path = path.clone();
@@ -427,32 +508,34 @@ pub fn check_local(s: &crate::config::Settings) -> Result<usize, SourceError> {
                     n += a.images().len();
                 }
             }
-            SourceKind::Url { .. } => {}
+            SourceKind::Url { .. } | SourceKind::ConfigMap { .. } => {}
         }
     }
     Ok(n)
 }
 
-/// Fetches and checks a url list; on failure falls back to the cache.
-async fn read_url(
+/// Parses a fetched list and caches it; when fetching or parsing failed,
+/// falls back to the cached copy (checked against `fixed_sha256` when the
+/// configuration pins the list).
+fn read_remote(
     src: &ListSource,
-    url: &reqwest::Url,
-    checksum: &Checksum,
-    ca: Option<&Path>,
+    fetched: Result<Vec<u8>, String>,
+    fixed_sha256: Option<&str>,
+    origin: &Path,
     s: &crate::config::Settings,
     report: &mut SourceReport,
 ) -> Result<Vec<ImageEntry>, SourceError> {
-    let cache = cache_path(&s.state_dir, url);
-    let origin = PathBuf::from(url.as_str());
-    let fetched = match tokio::time::timeout(src.timeout, fetch_checked(url, checksum, ca)).await {
-        Ok(r) => r,
-        Err(_) => Err(format!("no complete answer within {:?}", src.timeout)),
+    let Some(cache) = cache_path(&s.state_dir, &src.kind) else {
+        return Err(SourceError::Read {
+            list: src.name.clone(),
+            message: "not a remote source".into(),
+        });
     };
     let fresh = fetched.and_then(|body| {
         let text =
             String::from_utf8(body.clone()).map_err(|_| "the list is not UTF-8".to_string())?;
-        let entries = parse_list(src, &origin, &text, s.require_digest)
-            .map_err(|e| crate::error_chain(&e))?;
+        let entries =
+            parse_list(src, origin, &text, s.require_digest).map_err(|e| crate::error_chain(&e))?;
         Ok((body, entries))
     });
     match fresh {
@@ -463,33 +546,69 @@ async fn read_url(
             }
             Ok(entries)
         }
-        Err(why) => {
-            let cached = read_cache(src, &cache, checksum, &origin, s.require_digest);
-            match cached {
-                Ok((sha, entries)) => {
-                    let note = format!(
-                        "{why}; using the last good copy cached at {}",
-                        cache.display()
-                    );
-                    tracing::warn!(source = %src.name, "image list {}: {note}", src.name);
-                    report.status = SourceStatus::Cached;
-                    report.sha256 = Some(sha);
-                    report.note = Some(note);
-                    Ok(entries)
-                }
-                Err(cache_why) => Err(SourceError::Read {
-                    list: src.name.clone(),
-                    message: format!("{why}; {cache_why}"),
-                }),
+        Err(why) => match read_cache(src, &cache, fixed_sha256, origin, s.require_digest) {
+            Ok((sha, entries)) => {
+                let note = format!(
+                    "{why}; using the last good copy cached at {}",
+                    cache.display()
+                );
+                tracing::warn!(source = %src.name, "image list {}: {note}", src.name);
+                report.status = SourceStatus::Cached;
+                report.sha256 = Some(sha);
+                report.note = Some(note);
+                Ok(entries)
             }
-        }
+            Err(cache_why) => Err(SourceError::Read {
+                list: src.name.clone(),
+                message: format!("{why}; {cache_why}"),
+            }),
+        },
     }
+}
+
+/// Reads `key` of ConfigMap `namespace/name` with `kubeconfig`.
+async fn fetch_configmap(
+    kubeconfig: &Path,
+    namespace: &str,
+    name: &str,
+    key: &str,
+    timeout: Duration,
+) -> Result<Vec<u8>, String> {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let kc_err = |e: &dyn std::error::Error| {
+        format!(
+            "kubeconfig {}: {}",
+            kubeconfig.display(),
+            crate::error_chain(e)
+        )
+    };
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig).map_err(|e| kc_err(&e))?;
+    let mut config =
+        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            .await
+            .map_err(|e| kc_err(&e))?;
+    config.connect_timeout = Some(timeout);
+    config.read_timeout = Some(timeout);
+    let client = kube::Client::try_from(config).map_err(|e| kc_err(&e))?;
+    let cm = kube::Api::<ConfigMap>::namespaced(client, namespace)
+        .get(name)
+        .await
+        .map_err(|e| {
+            format!(
+                "reading ConfigMap {namespace}/{name}: {}",
+                crate::error_chain(&e)
+            )
+        })?;
+    cm.data
+        .and_then(|mut d| d.remove(key))
+        .map(String::into_bytes)
+        .ok_or_else(|| format!("ConfigMap {namespace}/{name} has no key {key:?}"))
 }
 
 fn read_cache(
     src: &ListSource,
     cache: &Path,
-    checksum: &Checksum,
+    fixed_sha256: Option<&str>,
     origin: &Path,
     require_digest: bool,
 ) -> Result<(String, Vec<ImageEntry>), String> {
@@ -501,8 +620,8 @@ fn read_cache(
         Err(e) => return Err(format!("reading the cached copy {}: {e}", cache.display())),
     };
     let sha = hex::encode(Sha256::digest(&body));
-    if let Checksum::Sha256(want) = checksum {
-        if &sha != want {
+    if let Some(want) = fixed_sha256 {
+        if sha != want {
             return Err(format!(
                 "the cached copy at {} has SHA-256 {sha}, not the configured {want}",
                 cache.display()
@@ -710,16 +829,32 @@ mod tests {
     }
 
     #[test]
-    fn cache_paths_are_per_url() {
-        let a = cache_path(
-            Path::new("/s"),
-            &parse_list_url("https://a.example/l").unwrap(),
-        );
-        let b = cache_path(
-            Path::new("/s"),
-            &parse_list_url("https://b.example/l").unwrap(),
-        );
+    fn cache_paths_are_per_source() {
+        let url = |u: &str| SourceKind::Url {
+            url: parse_list_url(u).unwrap(),
+            checksum: Checksum::Sha256("0".repeat(64)),
+            ca: None,
+        };
+        let a = cache_path(Path::new("/s"), &url("https://a.example/l")).unwrap();
+        let b = cache_path(Path::new("/s"), &url("https://b.example/l")).unwrap();
         assert_ne!(a, b);
         assert!(a.starts_with("/s/sources"));
+        let cm = |key: &str| SourceKind::ConfigMap {
+            namespace: "kube-system".into(),
+            name: "prewarm".into(),
+            key: key.into(),
+            kubeconfig: None,
+        };
+        assert_ne!(
+            cache_path(Path::new("/s"), &cm("a")),
+            cache_path(Path::new("/s"), &cm("b"))
+        );
+        assert!(cache_path(Path::new("/s"), &SourceKind::File { path: "/l".into() }).is_none());
+    }
+
+    #[test]
+    fn kubernetes_names() {
+        assert!(is_dns_label("kube-system") && !is_dns_label("Kube") && !is_dns_label("-a"));
+        assert!(is_dns_subdomain("prewarm.images") && !is_dns_subdomain("a..b"));
     }
 }

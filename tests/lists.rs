@@ -448,3 +448,65 @@ async fn air_gapped_import_from_an_archive_then_top_up_from_the_registry() {
     assert_eq!(by_ref(&tar_ref).status, ImageStatus::Present);
     env.assert_visible(&extra, 0).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configmap_list_is_read_with_the_kubeconfig_and_cached() {
+    let env = Env::start();
+    let img = push(
+        &env.registry.host(),
+        "team/cm:1",
+        &[linux("amd64", None, layers(1000, &[Gzip], 64 << 10))],
+        Format::Oci,
+        &env.path("images"),
+    );
+    let api = testbed::KubeApi::start(&env.path("kube")).expect("starting the fake API server");
+    let reader = api
+        .add_token_user("list-reader", testbed::Role::Admin)
+        .unwrap();
+    let kubelet = api
+        .add_token_user("system:node:n1", testbed::Role::Node("n1".into()))
+        .unwrap();
+    api.put_configmap(
+        "kube-system",
+        "prewarm-images",
+        &[("images", &format!("{}\n", img.reference))],
+    );
+    let state = env.path("state");
+    let source = |kubeconfig: &std::path::Path| {
+        format!(
+            "[[sources]]\nkind = \"configmap\"\nname = \"cluster\"\nconfigmap = \"kube-system/prewarm-images\"\nkubeconfig = {kubeconfig:?}\ntimeout = \"5s\"\nrequired = true\n"
+        )
+    };
+    let pull = |kubeconfig: &std::path::Path| {
+        let config = env.config_with(
+            &[],
+            &format!("state-dir = {state:?}\nretries = 2"),
+            &source(kubeconfig),
+        );
+        env.prewarm(&["pull", "--config", config.to_str().unwrap()])
+    };
+
+    // The kubelet's own credential may not read it (Node authorizer), and
+    // there is no cached copy yet.
+    let out = pull(&kubelet.kubeconfig);
+    assert_eq!(exit_code(&out), 6);
+    assert!(
+        stderr(&out).contains("ConfigMap kube-system/prewarm-images")
+            && stderr(&out).contains("403")
+    );
+
+    let out = pull(&reader.kubeconfig);
+    assert_eq!(exit_code(&out), 0);
+    let report = env.report();
+    assert_eq!(report.sources[0].status, SourceStatus::Read);
+    assert_eq!(report.summary.pulled, 1);
+    env.assert_visible(&img, 0).await;
+
+    // The API server is down: the cached copy.
+    api.set_outage(testbed::Outage::Refuse);
+    let out = pull(&reader.kubeconfig);
+    assert_eq!(exit_code(&out), 0);
+    let report = env.report();
+    assert_eq!(report.sources[0].status, SourceStatus::Cached);
+    assert_eq!(report.summary.present, 1);
+}

@@ -103,6 +103,8 @@ type Hook = Box<dyn FnOnce(&mut Value) + Send>;
 #[derive(Default)]
 struct State {
     nodes: BTreeMap<String, Value>,
+    /// (namespace, name) → ConfigMap.
+    configmaps: BTreeMap<(String, String), Value>,
     revision: u64,
     tokens: HashMap<String, String>,
     certs: HashMap<Vec<u8>, String>,
@@ -247,6 +249,25 @@ impl KubeApi {
             user: user.to_string(),
             kubeconfig: path,
         })
+    }
+
+    /// Stores a ConfigMap `namespace/name` with `data`, replacing any.
+    /// Only [`Role::Admin`] may read it (a kubelet may not: the Node
+    /// authorizer only lets it read ConfigMaps its pods use).
+    pub fn put_configmap(&self, namespace: &str, name: &str, data: &[(&str, &str)]) {
+        let data: serde_json::Map<String, Value> = data
+            .iter()
+            .map(|(k, v)| (k.to_string(), Value::from(*v)))
+            .collect();
+        let cm = json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": namespace, "resourceVersion": "1"},
+            "data": data,
+        });
+        self.lock()
+            .configmaps
+            .insert((namespace.to_string(), name.to_string()), cm);
     }
 
     /// The kubelet registers: stores `node` (which needs `metadata.name`),
@@ -620,6 +641,9 @@ fn handle(
         return status(401, "Unauthorized", "Unauthorized".into(), None);
     };
     let role = s.roles.get(user).cloned().unwrap_or(Role::Nobody);
+    if let Some(rest) = path.strip_prefix("/api/v1/namespaces/") {
+        return configmap(s, &role, user, method, path, rest);
+    }
     let rest = path.strip_prefix("/api/v1/nodes/").unwrap_or_default();
     let (name, sub) = match rest.split_once('/') {
         Some((n, sub)) => (n, Some(sub)),
@@ -753,6 +777,53 @@ fn handle(
 }
 
 /// RBAC and the Node authorizer.
+/// GET `/api/v1/namespaces/<ns>/configmaps/<name>`.
+fn configmap(
+    s: &State,
+    role: &Role,
+    user: &str,
+    method: &str,
+    path: &str,
+    rest: &str,
+) -> (u16, Value) {
+    let parts: Vec<&str> = rest.split('/').collect();
+    let [ns, "configmaps", name] = parts.as_slice() else {
+        return status(
+            404,
+            "NotFound",
+            format!("the server could not find {path}"),
+            None,
+        );
+    };
+    if method != "GET" {
+        return status(
+            405,
+            "MethodNotAllowed",
+            format!("{method} is not supported here"),
+            None,
+        );
+    }
+    if *role != Role::Admin {
+        return status(
+            403,
+            "Forbidden",
+            format!(
+                "configmaps \"{name}\" is forbidden: User \"{user}\" cannot get resource \"configmaps\" in API group \"\" in the namespace \"{ns}\""
+            ),
+            None,
+        );
+    }
+    match s.configmaps.get(&(ns.to_string(), name.to_string())) {
+        Some(cm) => (200, cm.clone()),
+        None => status(
+            404,
+            "NotFound",
+            format!("configmaps \"{name}\" not found"),
+            None,
+        ),
+    }
+}
+
 fn authorize(role: &Role, user: &str, verb: &str, resource: &str, name: &str) -> Option<String> {
     let rbac = || {
         format!(
