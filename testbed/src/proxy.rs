@@ -190,8 +190,15 @@ const HOP: &[&str] = &[
     "upgrade",
 ];
 
+/// The proxy's send buffer toward the client. Kept small so that the
+/// bytes it counts as sent are bytes the client's kernel has taken, not
+/// bytes parked in the proxy's own socket (which would make a throttled
+/// client look faster than it is at the start of every response).
+const CLIENT_SNDBUF: usize = 64 << 10;
+
 fn serve(client: TcpStream, upstream: SocketAddr, state: &Mutex<State>) -> Result<()> {
     client.set_read_timeout(Some(Duration::from_secs(60)))?;
+    nix::sys::socket::setsockopt(&client, nix::sys::socket::sockopt::SndBuf, &CLIENT_SNDBUF)?;
     let mut out = client.try_clone()?;
     let mut r = BufReader::new(client);
     let Some(req) = read_head(&mut r)? else {
