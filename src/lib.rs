@@ -396,8 +396,11 @@ pub fn iocap_state_path(s: &Settings) -> std::path::PathBuf {
 }
 
 async fn status(settings: Settings) -> anyhow::Result<Exit> {
-    let required: Vec<bool> = settings.images.iter().map(|e| e.required).collect();
-    let images = settings.images.clone();
+    // The whole list: the sources' entries too (cached copies when remote
+    // sources are unreachable).
+    let lists = sources::load(&settings).await;
+    let required: Vec<bool> = lists.images.iter().map(|e| e.required).collect();
+    let images = lists.images.clone();
     let c = containerd::Containerd::connect(
         &settings.socket,
         &settings.namespace,

@@ -372,6 +372,22 @@ async fn gc_removes_only_delisted_prewarm_images_and_unpins() {
             .map(String::as_str),
         Some("pinned")
     );
+
+    // Once the container is gone, `[pull] gc = true` removes it in pull.
+    env.containerd.ctr(&["containers", "rm", "web-1"]).unwrap();
+    let config = env.config_with(&[(&kept.reference, true)], "gc = true", "");
+    assert_eq!(
+        exit_code(&env.prewarm(&["pull", "--config", config.to_str().unwrap()])),
+        0
+    );
+    let removed = env.report().gc.unwrap().removed;
+    assert!(removed.contains(&used.reference), "{removed:?}");
+    assert!(client.image_get(&used.reference).await.unwrap().is_none());
+    assert!(
+        client.image_get(&theirs.reference).await.unwrap().is_some(),
+        "not ours: kept"
+    );
+    env.assert_visible(&kept, 0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -403,6 +419,37 @@ async fn air_gapped_import_from_an_archive_then_top_up_from_the_registry() {
         &archives.join("tools"),
     )
     .unwrap();
+    // And one as a docker-archive (`docker save` layout, made by skopeo).
+    let docker_ref = format!("{host}/legacy/svc:2");
+    let docker_layout = env.path("layout-svc");
+    let docker_img = testbed::write_oci_layout(
+        &docker_ref,
+        &[linux("amd64", None, layers(920, &[Gzip, Gzip], 64 << 10))],
+        &docker_layout,
+    )
+    .unwrap();
+    let policy = env.path("policy.json");
+    std::fs::write(
+        &policy,
+        r#"{"default":[{"type":"insecureAcceptAnything"}]}"#,
+    )
+    .unwrap();
+    let skopeo = std::process::Command::new("skopeo")
+        .arg("--policy")
+        .arg(&policy)
+        .args(["copy", "-q"])
+        .arg(format!("oci:{}:{docker_ref}", docker_layout.display()))
+        .arg(format!(
+            "docker-archive:{}:legacy/svc:2",
+            archives.join("svc.tar").display()
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        skopeo.status.success(),
+        "{}",
+        String::from_utf8_lossy(&skopeo.stderr)
+    );
     let extra = push(
         &host,
         "ml/extra:1",
@@ -418,7 +465,7 @@ async fn air_gapped_import_from_an_archive_then_top_up_from_the_registry() {
     let out = env.prewarm(&["pull", "--config", config.to_str().unwrap()]);
     assert_eq!(exit_code(&out), 0);
     let report = env.report();
-    assert_eq!(report.summary.pulled, 2, "{report:#?}");
+    assert_eq!(report.summary.pulled, 3, "{report:#?}");
     for i in &report.images {
         assert!(
             i.origin.as_deref().unwrap_or("").starts_with("archive:"),
@@ -428,6 +475,18 @@ async fn air_gapped_import_from_an_archive_then_top_up_from_the_registry() {
     }
     env.assert_visible(&tar_img, 0).await;
     env.assert_visible(&dir_img, 1).await;
+    // The docker-archive's name is its RepoTag (docker.io/legacy/svc:2);
+    // its manifest is made on import, so its digest is the report's.
+    let svc = report
+        .images
+        .iter()
+        .find(|i| i.reference.contains("legacy/svc"))
+        .unwrap();
+    let mut as_imported = docker_img.clone();
+    as_imported.top_digest = svc.digest.clone().unwrap();
+    as_imported.manifests[0].layer_digests = as_imported.manifests[0].diff_ids.clone();
+    env.assert_visible_as("docker.io/legacy/svc:2", &as_imported, 0)
+        .await;
 
     // With the registry back, what the archive lacks comes from there.
     env.registry.restart().unwrap();
