@@ -6,7 +6,10 @@
 //! `/run/prewarm/config.d/*.toml`, then `/etc/prewarm/config.d/*.toml`, each
 //! directory in file-name order, then `--config FILE`, then flags.
 //! `[[images]]` entries accumulate across fragments; an entry naming the
-//! same reference again replaces the earlier one.
+//! same reference again replaces the earlier one. `[[sources]]` accumulate
+//! too; a source with the name of one in an earlier fragment replaces it
+//! (two of the same name in one fragment are an error). Their lists are
+//! read at run time, by [`crate::sources`].
 //!
 //! Loading does not insist on images: `register` and `untaint` need none.
 //! The commands that pull or show images call [`Settings::require_images`].
@@ -1000,13 +1003,12 @@ impl Settings {
                 key: format!("images[{i}]"),
             });
         }
-        let first = self.list_sources.len();
+        let mut first = self.list_sources.len();
         for (i, src) in raw.sources.into_iter().enumerate() {
             let key = format!("sources[{i}]");
             let source = validate_source(path, &key, src)?;
-            if let Some(dup) = self.list_sources[..first]
+            if let Some(dup) = self.list_sources[first..]
                 .iter()
-                .chain(&self.list_sources[first..])
                 .find(|s| s.name == source.name)
             {
                 return Err(invalid(
@@ -1020,7 +1022,17 @@ impl Settings {
                     ),
                 ));
             }
-            self.list_sources.push(source);
+            match self.list_sources[..first]
+                .iter()
+                .position(|s| s.name == source.name)
+            {
+                Some(earlier) => {
+                    self.list_sources.remove(earlier);
+                    first -= 1;
+                    self.list_sources.push(source);
+                }
+                None => self.list_sources.push(source),
+            }
         }
         Ok(())
     }
@@ -1336,6 +1348,60 @@ mod tests {
         assert_eq!(s.register.method, RegisterMethod::K3s);
         // Images are needed only where they are asked for.
         assert!(s.require_images().is_err());
+    }
+
+    #[test]
+    fn sources_validate_and_replace_by_name() {
+        use crate::sources::{Checksum, SourceKind};
+        let frags = vec![
+            (
+                "/usr/lib/prewarm/config.d/10-defaults.toml".into(),
+                "version = 1\n[[sources]]\nkind = \"file\"\nname = \"team\"\npath = \"/usr/share/prewarm/images.list\"\n[[sources]]\nkind = \"archive\"\npath = \"/usr/share/prewarm/images\"\nrequired = true\n".to_string(),
+            ),
+            (
+                "/etc/prewarm/config.d/50-site.toml".into(),
+                "version = 1\n[pull]\nrequire-digest = true\n[[sources]]\nkind = \"url\"\nname = \"team\"\nurl = \"https://lists.example/l\"\nchecksum-url = \"https://lists.example/l.sha256\"\ntimeout = \"3s\"\npriority = 5\n[[sources]]\nkind = \"configmap\"\nconfigmap = \"kube-system/prewarm\"\n".to_string(),
+            ),
+        ];
+        let s = load_str(&frags, &Overrides::default()).unwrap();
+        assert!(s.require_digest && s.pin, "pin is on by default");
+        assert_eq!(s.list_sources.len(), 3);
+        assert!(matches!(s.list_sources[0].kind, SourceKind::Archive { .. }));
+        assert!(s.list_sources[0].required);
+        let team = &s.list_sources[1];
+        assert_eq!(
+            team.name, "team",
+            "the site's source replaced the package's"
+        );
+        assert!(matches!(
+            &team.kind,
+            SourceKind::Url {
+                checksum: Checksum::Url(_),
+                ca: None,
+                ..
+            }
+        ));
+        assert_eq!((team.priority, team.timeout), (5, Duration::from_secs(3)));
+        match &s.list_sources[2].kind {
+            SourceKind::ConfigMap {
+                namespace,
+                name,
+                key,
+                kubeconfig,
+            } => {
+                assert_eq!(
+                    (namespace.as_str(), name.as_str(), key.as_str()),
+                    ("kube-system", "prewarm", "images")
+                );
+                assert!(kubeconfig.is_none());
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            s.list_sources[2].name,
+            "configmap kube-system/prewarm key images"
+        );
+        s.require_images().unwrap();
     }
 
     #[test]

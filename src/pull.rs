@@ -1131,34 +1131,38 @@ fn archive_manifest(
     })
 }
 
-/// Folds a digest-only entry into a tagged entry naming the same image
-/// (same repository, same resolved digest): the tagged one's records cover
-/// the digest's, so the image is planned once, with the higher priority,
-/// required if either is.
+/// Folds an entry into another naming the same image (same repository,
+/// same resolved digest) whose record names cover its own: a digest-only
+/// entry into a tagged one, or `repo:tag` into `repo:tag@digest`. The image
+/// is planned once, with the higher priority, required if either is.
 fn merge_same_images(mut prepared: Vec<Prepared>) -> Vec<Prepared> {
     for i in 0..prepared.len() {
-        let key = match &prepared[i] {
-            Prepared::Ready { r, .. } if r.entry.reference.tag.is_none() => (
+        let (name, tag, digest, priority, required) = match &prepared[i] {
+            Prepared::Ready { r, .. } => (
                 r.entry.reference.name(),
+                r.entry.reference.tag.clone(),
                 r.top().desc.digest.clone(),
                 r.entry.priority,
                 r.entry.required,
             ),
             _ => continue,
         };
-        let target = prepared.iter().position(|p| match p {
+        let target = prepared.iter().enumerate().position(|(j, p)| match p {
             Prepared::Ready { r, .. } => {
-                r.entry.reference.tag.is_some()
-                    && r.entry.reference.name() == key.0
-                    && r.top().desc.digest == key.1
+                let e = &r.entry.reference;
+                j != i
+                    && e.name() == name
+                    && r.top().desc.digest == digest
+                    && e.tag.is_some()
+                    && (tag.is_none() || e.tag == tag)
             }
             _ => false,
         });
         if let Some(j) = target {
             if let Prepared::Ready { r, .. } = &mut prepared[j] {
-                tracing::info!(image = %r.entry.reference, digest = %key.1, "listed twice (by tag and by digest); planned once");
-                r.entry.priority = r.entry.priority.max(key.2);
-                r.entry.required |= key.3;
+                tracing::info!(image = %r.entry.reference, %digest, "listed twice (by tag and by digest); planned once");
+                r.entry.priority = r.entry.priority.max(priority);
+                r.entry.required |= required;
             }
             prepared[i] = Prepared::Same;
         }

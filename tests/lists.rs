@@ -270,9 +270,10 @@ async fn gc_removes_only_delisted_prewarm_images_and_unpins() {
     let cri = prewarm::cri::Cri::new(client.channel());
     let status = cri.image_status(&kept.reference).await.unwrap().unwrap();
     let version = env.containerd.ctr(&["version"]).unwrap();
-    assert!(
-        status.pinned || version.contains("Version:  1.6"),
-        "CRI pinned={} on {version}",
+    let on_16 = version.contains("Version:  1.6");
+    assert_eq!(
+        status.pinned, !on_16,
+        "CRI ImageStatus pinned={} on {version}",
         status.pinned
     );
 
@@ -490,10 +491,14 @@ async fn air_gapped_import_from_an_archive_then_top_up_from_the_registry() {
 
     // With the registry back, what the archive lacks comes from there.
     env.registry.restart().unwrap();
-    let config = env.config(&[(&extra.reference, true)], &source);
+    // The model is also listed inline by tag: the archive holds that tag,
+    // so it is the same image, planned once.
+    let config = env.config(&[(&extra.reference, true), (&tar_ref, false)], &source);
     let out = env.prewarm(&["pull", "--config", config.to_str().unwrap()]);
     assert_eq!(exit_code(&out), 0);
+    assert!(stderr(&out).contains("listed twice"));
     let report = env.report();
+    assert_eq!(report.images.len(), 4, "{report:#?}");
     let by_ref = |r: &str| {
         report
             .images
