@@ -239,6 +239,7 @@ async fn gc_removes_only_delisted_prewarm_images_and_unpins() {
     let used = push(&host, "old/used:1", &spec(500), Format::Oci, &work);
     let kept = push(&host, "new/kept:1", &spec(600), Format::Oci, &work);
     let theirs = push(&host, "other/theirs:1", &spec(700), Format::Oci, &work);
+    let held = push(&host, "old/held:1", &spec(800), Format::Oci, &work);
     let all = [
         (gone.reference.as_str(), true),
         (used.reference.as_str(), true),
@@ -277,9 +278,29 @@ async fn gc_removes_only_delisted_prewarm_images_and_unpins() {
         status.pinned
     );
 
-    // Someone else pulls an image; a container uses one of ours.
+    // Someone else pulls an image; a container uses one of ours; an
+    // operator pins one that prewarm preloaded unpinned.
     env.containerd
         .ctr(&["images", "pull", "--plain-http", &theirs.reference])
+        .unwrap();
+    let no_pin = env.path("root/etc/prewarm/config.d/60-no-pin.toml");
+    std::fs::create_dir_all(no_pin.parent().unwrap()).unwrap();
+    std::fs::write(&no_pin, "version = 1\n[containerd]\npin = false\n").unwrap();
+    let mut with_held = all.to_vec();
+    with_held.push((held.reference.as_str(), true));
+    let config = env.config(&with_held, "");
+    assert_eq!(
+        exit_code(&env.prewarm(&["pull", "--config", config.to_str().unwrap()])),
+        0
+    );
+    std::fs::remove_file(&no_pin).unwrap();
+    env.containerd
+        .ctr(&[
+            "images",
+            "label",
+            &held.reference,
+            "io.cri-containerd.pinned=pinned",
+        ])
         .unwrap();
     env.containerd
         .ctr(&["containers", "create", &used.reference, "web-1"])
@@ -330,6 +351,11 @@ async fn gc_removes_only_delisted_prewarm_images_and_unpins() {
         !dry.contains(&theirs.reference) && !dry.contains(&kept.reference),
         "{dry}"
     );
+    assert!(
+        dry.contains(&format!("keep {}", held.reference))
+            && dry.contains("is pinned, not by prewarm"),
+        "{dry}"
+    );
     let freed: u64 = dry
         .lines()
         .last()
@@ -360,6 +386,14 @@ async fn gc_removes_only_delisted_prewarm_images_and_unpins() {
     assert!(
         client.image_get(&used.reference).await.unwrap().is_some(),
         "in use: kept"
+    );
+    let rec = client.image_get(&held.reference).await.unwrap().unwrap();
+    assert_eq!(
+        rec.labels
+            .get("io.cri-containerd.pinned")
+            .map(String::as_str),
+        Some("pinned"),
+        "pinned by someone else: kept, and still pinned"
     );
     assert!(
         client.image_get(&theirs.reference).await.unwrap().is_some(),
