@@ -266,8 +266,11 @@ impl Engine {
         let fetch = |what: String| {
             let origin = origin.clone();
             async move {
+                // From the archive, unless it lacks this (platform) manifest.
                 if let Origin::Archive(a) = &origin {
-                    return archive_manifest(a, reference, &what);
+                    if !what.starts_with("sha256:") || a.has(&what) {
+                        return archive_manifest(a, reference, &what);
+                    }
                 }
                 Ok::<_, PullError>(
                     self.retry

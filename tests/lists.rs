@@ -525,6 +525,22 @@ async fn air_gapped_import_from_an_archive_then_top_up_from_the_registry() {
 
     // With the registry back, what the archive lacks comes from there.
     env.registry.restart().unwrap();
+    // An archive that lacks one layer: that blob alone comes from the
+    // registry.
+    let partial_spec = vec![linux("amd64", None, layers(960, &[Gzip, Gzip], 64 << 10))];
+    let partial = push(
+        &host,
+        "ml/partial:1",
+        &partial_spec,
+        Format::Oci,
+        &env.path("images"),
+    );
+    let local =
+        testbed::write_oci_layout(&partial.reference, &partial_spec, &archives.join("partial"))
+            .unwrap();
+    assert_eq!(local.top_digest, partial.top_digest, "the same image");
+    let missing = &partial.manifests[0].layer_digests[1];
+    std::fs::remove_file(archives.join("partial/blobs/sha256").join(&missing[7..])).unwrap();
     // The model is also listed inline by tag: the archive holds that tag,
     // so it is the same image, planned once.
     let config = env.config(&[(&extra.reference, true), (&tar_ref, false)], &source);
@@ -532,7 +548,7 @@ async fn air_gapped_import_from_an_archive_then_top_up_from_the_registry() {
     assert_eq!(exit_code(&out), 0);
     assert!(stderr(&out).contains("listed twice"));
     let report = env.report();
-    assert_eq!(report.images.len(), 4, "{report:#?}");
+    assert_eq!(report.images.len(), 5, "{report:#?}");
     let by_ref = |r: &str| {
         report
             .images
@@ -545,6 +561,17 @@ async fn air_gapped_import_from_an_archive_then_top_up_from_the_registry() {
     assert_eq!(by_ref(&extra.reference).origin.as_deref(), Some("registry"));
     assert_eq!(by_ref(&tar_ref).status, ImageStatus::Present);
     env.assert_visible(&extra, 0).await;
+    let p = by_ref(&partial.reference);
+    assert_eq!(p.status, ImageStatus::Pulled);
+    assert!(
+        p.origin.as_deref().unwrap_or("").starts_with("archive:"),
+        "{p:?}"
+    );
+    assert!(
+        p.bytes > 0 && p.bytes < p.size,
+        "only the missing layer is downloaded: {p:?}"
+    );
+    env.assert_visible(&partial, 0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
