@@ -61,6 +61,8 @@ pub enum Command {
     CheckConfig,
     /// Make kubelet register the Node with the startup taint
     Register,
+    /// `register`, then `pull`: what prewarm.service runs before kubelet
+    Boot,
     /// Remove the startup taint, or set the readiness condition
     Untaint,
     /// Remove preloaded images no longer listed and not in use (dry run

@@ -135,6 +135,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<Exit> {
     }
     match cli.command {
         Command::Register => register(settings).await,
+        Command::Boot => boot(settings).await,
         Command::Untaint => untaint(settings).await,
         Command::CheckConfig => {
             let listed = sources::check_local(&settings)?;
@@ -505,6 +506,37 @@ async fn register(settings: Settings) -> anyhow::Result<Exit> {
         done.node.as_deref().unwrap_or("not checked")
     );
     Ok(Exit::Ok)
+}
+
+/// `register`, then `pull`. A failed `register` does not stop the pull:
+/// the node then joins untainted (fail-open), and warm images still help.
+/// The run fails with `register`'s error (and exit code) in that case, so
+/// the unit shows it. Once `register` is done, systemd is told READY=1,
+/// which lets kubelet start alongside the pull under `Type=notify`
+/// (packaging/examples/alongside.conf); the default `Type=oneshot` unit
+/// ignores it and keeps kubelet waiting until the pull ends.
+async fn boot(settings: Settings) -> anyhow::Result<Exit> {
+    let registered = register(settings.clone()).await;
+    if let Err(e) = &registered {
+        let chain: Vec<String> = e.chain().map(ToString::to_string).collect();
+        tracing::error!(
+            "register failed, pulling anyway (the node joins without the taint): {}",
+            chain.join(": ")
+        );
+    }
+    systemd::notify("READY=1");
+    let pulled = pull(settings).await;
+    match registered {
+        Ok(Exit::Ok) => pulled,
+        Ok(code) => pulled.map(|p| if p == Exit::Ok { code } else { p }),
+        Err(e) => {
+            if let Err(p) = pulled {
+                let chain: Vec<String> = p.chain().map(ToString::to_string).collect();
+                tracing::error!("pull: {}", chain.join(": "));
+            }
+            Err(e)
+        }
+    }
 }
 
 async fn untaint(settings: Settings) -> anyhow::Result<Exit> {

@@ -232,25 +232,31 @@ fn unit_timeouts_cover_the_pull_deadline() {
         runtime >= deadline + slack,
         "alongside.conf RuntimeMaxSec={runtime:?} < [pull] deadline {deadline:?} + {slack:?}"
     );
-    // The untaint unit's restarts all fit in its start-limit window.
+    // untaint: one run outlasts the handoff timeline, and the exit codes a
+    // retry would only repeat are final.
     let p = "packaging/systemd/prewarm-untaint.service";
-    let (each, pause, window) = (
-        unit_key(p, "TimeoutStartSec"),
-        unit_key(p, "RestartSec"),
-        unit_key(p, "StartLimitIntervalSec"),
+    let each = unit_key(p, "TimeoutStartSec");
+    let timeline = s.handoff.deadline + s.handoff.give_up_after + slack;
+    assert!(
+        each >= timeline,
+        "{p}: TimeoutStartSec={each:?} < [handoff] deadline + give-up-after + {slack:?} = {timeline:?}"
     );
     let text = read(p);
-    let burst: u32 = text
+    let prevent: Vec<&str> = text
         .lines()
-        .find_map(|l| l.strip_prefix("StartLimitBurst="))
-        .expect("StartLimitBurst=")
-        .trim()
-        .parse()
-        .expect("StartLimitBurst is a number");
-    let worst = each * burst + pause * (burst - 1);
+        .find_map(|l| l.strip_prefix("RestartPreventExitStatus="))
+        .expect("RestartPreventExitStatus=")
+        .split_whitespace()
+        .collect();
+    for code in [prewarm::Exit::Config as i32, prewarm::Exit::KubeApi as i32] {
+        assert!(
+            prevent.contains(&code.to_string().as_str()),
+            "{p}: exit {code} is final, add it to RestartPreventExitStatus"
+        );
+    }
     assert!(
-        worst <= window,
-        "{p}: {burst} runs of {each:?} with {pause:?} pauses take {worst:?} > StartLimitIntervalSec {window:?}"
+        text.contains("\nRestart=on-failure\n"),
+        "{p}: Restart=on-failure"
     );
 }
 
