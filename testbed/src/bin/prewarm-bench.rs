@@ -191,7 +191,14 @@ fn prewarm_pull(
     let refs: Vec<String> = images.iter().map(|i| i.reference.clone()).collect();
     let cold = run_prewarm(prewarm, base, case, &containerd, &refs, bandwidth)?;
     // The same list again on the now warm node: nothing to do.
-    let warm = run_prewarm(prewarm, base, &format!("{case}-warm"), &containerd, &refs, bandwidth)?;
+    let warm = run_prewarm(
+        prewarm,
+        base,
+        &format!("{case}-warm"),
+        &containerd,
+        &refs,
+        bandwidth,
+    )?;
     Ok((cold, warm))
 }
 
