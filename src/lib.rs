@@ -639,18 +639,32 @@ async fn stop_signal() -> String {
 /// stderr and to the journal.
 pub fn init_logging(verbose: u8) {
     use tracing_subscriber::prelude::*;
+    // -v and -vv raise prewarm's own level, not that of every library.
     let default = match verbose {
         0 => "info",
-        1 => "debug",
-        _ => "trace",
+        1 => "info,prewarm=debug",
+        _ => "info,prewarm=trace",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("PREWARM_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let stderr = tracing_subscriber::fmt::layer()
-        .without_time()
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    // No timestamps (journald adds them), except seconds since start at -vv,
+    // for reading a run's timeline.
+    let (plain, timed) = if verbose >= 2 {
+        let layer = tracing_subscriber::fmt::layer()
+            .with_timer(tracing_subscriber::fmt::time::uptime())
+            .with_target(false)
+            .with_ansi(ansi)
+            .with_writer(std::io::stderr);
+        (None, Some(layer))
+    } else {
+        let layer = tracing_subscriber::fmt::layer()
+            .without_time()
+            .with_target(false)
+            .with_ansi(ansi)
+            .with_writer(std::io::stderr);
+        (Some(layer), None)
+    };
     let journald = if std::path::Path::new("/run/systemd/journal/socket").exists()
         && !systemd::stderr_is_journal()
     {
@@ -660,7 +674,8 @@ pub fn init_logging(verbose: u8) {
     };
     let _ = tracing_subscriber::registry()
         .with(filter)
-        .with(stderr)
+        .with(plain)
+        .with(timed)
         .with(journald)
         .try_init();
 }

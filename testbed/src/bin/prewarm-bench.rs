@@ -9,7 +9,9 @@
 //!
 //! Prints numbers; exits non-zero when a target is missed.
 //!
-//! Usage: prewarm-bench [--scale F] [--only set|single|throttle]
+//! Usage: prewarm-bench [--scale F] [--only set|single|throttle] [--show-log]
+//!
+//! `--show-log` prints each prewarm run's timeline (its `-vv` log).
 
 use anyhow::{bail, Context, Result};
 use std::process::{Command, Stdio};
@@ -20,6 +22,9 @@ use testbed::scenario::{
 use testbed::{Compression, Containerd, FaultProxy, PushedImage, Registry};
 
 const MIB: f64 = 1024.0 * 1024.0;
+
+/// `--show-log`: print each prewarm run's log.
+static SHOW_LOG: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 fn main() {
     match run() {
@@ -35,18 +40,21 @@ fn main() {
 struct Args {
     scale: f64,
     only: Option<String>,
+    show_log: bool,
 }
 
 fn args() -> Result<Args> {
     let mut a = Args {
         scale: 1.0,
         only: None,
+        show_log: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--scale" => a.scale = it.next().context("--scale needs a number")?.parse()?,
             "--only" => a.only = it.next(),
+            "--show-log" => a.show_log = true,
             other => bail!("unknown argument {other}"),
         }
     }
@@ -55,6 +63,7 @@ fn args() -> Result<Args> {
 
 fn run() -> Result<bool> {
     let args = args()?;
+    SHOW_LOG.store(args.show_log, std::sync::atomic::Ordering::Relaxed);
     let prewarm = prewarm_binary()?;
     let dir = tempfile::Builder::new()
         .prefix("prewarm-bench")
@@ -233,7 +242,7 @@ fn run_prewarm(
         .arg(&root)
         .arg("--config")
         .arg(&config)
-        .args(["pull", "-v"]);
+        .args(["pull", "-vv"]);
     cmd.stderr(std::fs::File::create(&log)?);
     let m = measure(cmd)?;
     if !m.status.success() {
@@ -245,6 +254,12 @@ fn run_prewarm(
             m.status.code(),
             log.display(),
             tail.join("\n")
+        );
+    }
+    if SHOW_LOG.load(std::sync::atomic::Ordering::Relaxed) {
+        println!(
+            "--- prewarm log ({case})\n{}",
+            std::fs::read_to_string(&log)?
         );
     }
     Ok(m)
