@@ -8,3 +8,13 @@ scripts/setup.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace -- --test-threads="${PREWARM_TEST_THREADS:-2}"
+# Shipped as operators install it: the static binary, the .deb and .rpm,
+# lintian/rpmlint, systemd-analyze verify, cloud-init and Ignition
+# validation, the packages unpacked into throwaway roots.
+scripts/check-packaging.sh
+# A real boot in a QEMU VM: about 1 minute with the root image cached in
+# /var/cache/prewarm-vm, 6 or more from nothing (debootstrap), which does not
+# fit CI's budget on a fresh machine. Opt in with PREWARM_VM_TEST=1.
+if [[ ${PREWARM_VM_TEST:-0} == 1 ]]; then
+  scripts/vm-boot-test.sh
+fi

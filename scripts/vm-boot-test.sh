@@ -1,0 +1,252 @@
+#!/usr/bin/env bash
+# Boots the packaged prewarm on a real Debian bookworm VM (QEMU, TCG) the way
+# a node boots, and reads the verdict from the serial console.
+#
+#   scripts/vm-boot-test.sh [PREWARM.deb]
+#
+# Without an argument target/packages/prewarm_*_amd64.deb is used (build it
+# with scripts/build-packages.sh). Needs root, loopback only:
+#
+# 1. a root file system from `debootstrap --variant=minbase` (systemd,
+#    kernel, cloud-init, containerd, runc, ifupdown, dhclient), built once
+#    and cached under $PREWARM_VM_CACHE (default /var/cache/prewarm-vm);
+# 2. QEMU from the Debian qemu-system-x86, seabios and ipxe-qemu debs,
+#    unpacked with dpkg-deb -x into the cache (apt-get install would
+#    conflict with qemu-utils);
+# 3. per run: the .deb installed with dpkg inside a copy of that root (an
+#    overlay), a stand-in kubelet.service, an ext4 image (`mkfs.ext4 -d`);
+# 4. a registry on the host's loopback (testbed-registry) holding the images
+#    that cloud-init/kubelet-bootstrap.yaml lists, reached from the guest as
+#    10.0.2.100:5000 through QEMU's guestfwd and nothing else
+#    (restrict=on);
+# 5. a NoCloud `cidata` seed carrying that cloud-init example, adapted only
+#    where a site fills in its own values: a hosts.toml that sends
+#    registry.example.internal to 10.0.2.100:5000 over plain HTTP, and a
+#    throwaway cluster CA in place of the placeholders (the untaint
+#    credential must load for `register` to write the taint; no API server
+#    answers in the VM, which `register` tolerates within its bound).
+#
+# The stand-in kubelet checks, when systemd starts it, that prewarm.service
+# has already finished, that the kubelet taint drop-in is in place, that
+# CRI sees every listed image (`prewarm status`) and that the journal holds
+# prewarm's summary line once; it prints PREWARM-VM: PASS or FAIL to the
+# console. The host polls the serial log for that line, bounded by
+# $PREWARM_VM_TIMEOUT seconds (default 900), then stops QEMU by PID.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$PWD
+
+cache=${PREWARM_VM_CACHE:-/var/cache/prewarm-vm}
+timeout=${PREWARM_VM_TIMEOUT:-900}
+mirror=$(sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -1)
+mirror=${PREWARM_VM_MIRROR:-${mirror:-http://deb.debian.org/debian}}
+suite=bookworm
+include=systemd,systemd-sysv,linux-image-amd64,initramfs-tools,cloud-init,python3-cffi-backend,containerd,runc,ifupdown,isc-dhcp-client
+example=cloud-init/kubelet-bootstrap.yaml
+t0=$(date +%s)
+say() { echo "vm-boot-test: [$(($(date +%s) - t0))s] $*" >&2; }
+die() { say "FAIL: $*"; exit 1; }
+
+deb=${1:-$(ls -t target/packages/prewarm_*_amd64.deb 2>/dev/null | head -1)}
+[[ -f $deb ]] || die "no .deb given and none in target/packages (run scripts/build-packages.sh)"
+deb=$(realpath "$deb")
+[[ $(id -u) == 0 ]] || die "needs root (debootstrap, chroot, mounts)"
+
+need=(debootstrap genisoimage socat e2fsprogs python3-yaml)
+missing=()
+for p in "${need[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  say "installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+mkdir -p "$cache"
+
+# --- QEMU, unpacked from Debian's debs ---------------------------------------
+qemu_dir=$cache/qemu
+qemu_libs=$qemu_dir/usr/lib/x86_64-linux-gnu:$qemu_dir/lib/x86_64-linux-gnu
+if [[ ! -f $qemu_dir/.done ]]; then
+  say "unpacking QEMU into $qemu_dir"
+  rm -rf "$qemu_dir" "$cache/qemu-debs"
+  mkdir -p "$cache/qemu-debs"
+  # The emulator, its firmware, and the libraries it links that this machine
+  # lacks (found with ldd).
+  (cd "$cache/qemu-debs" && apt-get download -qq qemu-system-x86 qemu-system-common \
+    qemu-system-data seabios ipxe-qemu libcapstone4 libfdt1 libpmem1 librdmacm1 \
+    libibverbs1 libslirp0 libvdeplug2 libndctl6 libdaxctl1 libnl-route-3-200 libnl-3-200 \
+    2> >(grep -v 'unsandboxed' >&2))
+  for d in "$cache"/qemu-debs/*.deb; do dpkg-deb -x "$d" "$qemu_dir"; done
+  touch "$qemu_dir/.done"
+fi
+qemu=$qemu_dir/usr/bin/qemu-system-x86_64
+if LD_LIBRARY_PATH=$qemu_libs ldd "$qemu" | grep 'not found' >&2; then
+  die "QEMU is missing shared libraries (above)"
+fi
+
+# --- the base root, cached ----------------------------------------------------
+key=$(printf '%s\n' "$mirror" "$suite" "$include" "base-v1" | sha256sum | cut -c1-12)
+base=$cache/base-$key
+if [[ ! -f $base/.done ]]; then
+  say "debootstrap $suite from $mirror into $base (once; takes a few minutes)"
+  rm -rf "$base"
+  mkdir -p "$base"
+  debootstrap --variant=minbase --include="$include" "$suite" "$base/root" "$mirror" \
+    >"$base/debootstrap.log" 2>&1 || { tail -20 "$base/debootstrap.log" >&2; die "debootstrap failed"; }
+  r=$base/root
+  echo prewarm-vm >"$r/etc/hostname"
+  printf '/dev/vda / ext4 rw,errors=remount-ro 0 1\n' >"$r/etc/fstab"
+  printf 'auto lo\niface lo inet loopback\n\nauto eth0\niface eth0 inet dhcp\n' >"$r/etc/network/interfaces"
+  # Only the NoCloud seed: probing cloud metadata services would time out
+  # behind restrict=on.
+  printf 'datasource_list: [NoCloud, None]\n' >"$r/etc/cloud/cloud.cfg.d/90-prewarm-vm.cfg"
+  : >"$r/etc/machine-id"
+  rm -f "$r/var/lib/dbus/machine-id"
+  chroot "$r" apt-get clean
+  touch "$base/.done"
+fi
+kernel=$(ls "$base"/root/boot/vmlinuz-* | sort -V | tail -1)
+initrd=$(ls "$base"/root/boot/initrd.img-* | sort -V | tail -1)
+
+# --- per run ------------------------------------------------------------------
+work=$(mktemp -d /tmp/prewarm-vm.XXXXXX)
+qemu_pid='' registry_pid='' mounted=''
+cleanup() {
+  set +e
+  [[ -n $qemu_pid ]] && kill "$qemu_pid" 2>/dev/null && wait "$qemu_pid" 2>/dev/null
+  [[ -n $registry_pid ]] && kill "$registry_pid" 2>/dev/null && wait "$registry_pid" 2>/dev/null
+  [[ -n $mounted ]] && umount "$work/merged"
+  if [[ -n ${PREWARM_VM_KEEP:-} ]]; then
+    say "kept $work"
+  else
+    rm -rf "$work"
+  fi
+}
+trap cleanup EXIT
+
+# The registry on the host's loopback, holding what the example lists.
+refs=$(python3 - "$example" <<'EOF'
+import sys, tomllib, yaml
+doc = yaml.safe_load(open(sys.argv[1]))
+site = next(f for f in doc["write_files"] if f["path"] == "/etc/prewarm/config.d/50-site.toml")
+for img in tomllib.loads(site["content"])["images"]:
+    print(img["ref"])
+EOF
+)
+[[ -n $refs ]] || die "no images in $example"
+names=()
+for r in $refs; do
+  [[ $r == registry.example.internal/* ]] || die "$example lists $r, not under registry.example.internal"
+  names+=("${r#registry.example.internal/}")
+done
+say "building testbed-registry and pushing ${names[*]}"
+cargo build -q --locked -p testbed --bin testbed-registry
+target/debug/testbed-registry "$work/reg" "$work/registry.json" "${names[@]}" 2>"$work/registry.log" &
+registry_pid=$!
+for _ in $(seq 1 1200); do
+  [[ -f $work/registry.json ]] && break
+  kill -0 "$registry_pid" 2>/dev/null || { cat "$work/registry.log" >&2; die "testbed-registry exited"; }
+  sleep 0.1
+done
+[[ -f $work/registry.json ]] || die "testbed-registry not ready after 120s"
+reg_addr=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["addr"])' "$work/registry.json")
+say "registry on $reg_addr"
+
+# The node's disk: the base root plus the package, installed by dpkg inside.
+mkdir -p "$work/upper" "$work/ovl" "$work/merged"
+mount -t overlay overlay -o "lowerdir=$base/root,upperdir=$work/upper,workdir=$work/ovl" "$work/merged"
+mounted=1
+m=$work/merged
+cp "$deb" "$m/tmp/prewarm.deb"
+chroot "$m" dpkg -i /tmp/prewarm.deb >"$work/dpkg.log" 2>&1 || { cat "$work/dpkg.log" >&2; die "dpkg -i failed in the guest root"; }
+rm "$m/tmp/prewarm.deb"
+for u in prewarm.service prewarm-untaint.service; do
+  [[ -L $m/etc/systemd/system/multi-user.target.wants/$u ]] || die "postinst did not enable $u"
+done
+# The stand-in kubelet: ordered by prewarm.service's Before=kubelet.service
+# only, like the real one.
+install -m 755 "$repo/scripts/vm/kubelet-standin" "$m/usr/local/sbin/kubelet-standin"
+install -m 644 "$repo/scripts/vm/kubelet.service" "$m/etc/systemd/system/kubelet.service"
+ln -sf /etc/systemd/system/kubelet.service "$m/etc/systemd/system/multi-user.target.wants/kubelet.service"
+rm -f "$m/etc/systemd/system/getty.target.wants/getty@tty1.service"
+python3 -c 'import uuid; print(uuid.uuid4().hex)' >"$m/etc/machine-id"
+sync
+# Sparse, and large enough for the package default disk reserve (10GiB)
+# plus headroom, so that the example config runs unchanged.
+truncate -s 24G "$work/disk.img"
+mkfs.ext4 -q -F -L root -d "$m" "$work/disk.img"
+umount "$m"
+mounted=''
+
+# The NoCloud seed: the example, plus where registry.example.internal is
+# and a cluster CA.
+mkdir -p "$work/seed"
+openssl req -x509 -newkey rsa:2048 -nodes -keyout "$work/ca.key" -out "$work/ca.pem" \
+  -days 2 -subj /CN=prewarm-vm-test-ca 2>/dev/null
+python3 - "$example" "$work/seed/user-data" "$work/ca.pem" <<'EOF'
+import base64, sys, yaml
+doc = yaml.safe_load(open(sys.argv[1]).read())
+pem = open(sys.argv[3]).read()
+for f in doc["write_files"]:
+    f["content"] = f["content"].replace(
+        "REPLACE-WITH-THE-BASE64-CLUSTER-CA", base64.b64encode(pem.encode()).decode())
+    if f["path"] == "/etc/kubernetes/pki/ca.crt":
+        f["content"] = pem
+doc["write_files"].append({
+    "path": "/etc/containerd/certs.d/registry.example.internal/hosts.toml",
+    "permissions": "0644",
+    "content": 'server = "http://10.0.2.100:5000"\n\n[host."http://10.0.2.100:5000"]\n  capabilities = ["pull", "resolve"]\n',
+})
+with open(sys.argv[2], "w") as f:
+    f.write("#cloud-config\n")
+    yaml.safe_dump(doc, f, sort_keys=False)
+EOF
+printf 'instance-id: prewarm-vm-%s\nlocal-hostname: prewarm-vm\n' "$(date +%s)" >"$work/seed/meta-data"
+cloud-init schema --config-file "$work/seed/user-data" >/dev/null || die "adapted user-data is not valid"
+genisoimage -quiet -output "$work/seed.iso" -volid cidata -joliet -rock "$work/seed/user-data" "$work/seed/meta-data"
+
+# Boot.
+serial=$work/serial.log
+say "booting $(basename "$kernel") (TCG)"
+boot_start=$(date +%s)
+LD_LIBRARY_PATH=$qemu_libs "$qemu" \
+  -L "$qemu_dir/usr/share/seabios" -L "$qemu_dir/usr/share/qemu" -L "$qemu_dir/usr/lib/ipxe/qemu" \
+  -accel tcg,thread=multi -cpu max -smp 2 -m 1024 \
+  -nodefaults -no-user-config -display none -vga none \
+  -kernel "$kernel" -initrd "$initrd" \
+  -append "root=/dev/vda rw console=ttyS0 net.ifnames=0 panic=-1 systemd.show_status=1" \
+  -drive "file=$work/disk.img,if=virtio,format=raw" \
+  -drive "file=$work/seed.iso,if=virtio,format=raw,readonly=on" \
+  -netdev "user,id=n0,restrict=on,guestfwd=tcp:10.0.2.100:5000-cmd:socat - TCP:$reg_addr" \
+  -device virtio-net-pci,netdev=n0,romfile= \
+  -serial "file:$serial" -no-reboot \
+  >"$work/qemu.log" 2>&1 &
+qemu_pid=$!
+
+verdict=''
+deadline=$((boot_start + timeout))
+while (($(date +%s) < deadline)); do
+  if ! kill -0 "$qemu_pid" 2>/dev/null; then
+    qemu_pid=''
+    break
+  fi
+  verdict=$(grep -a -m1 -o 'PREWARM-VM: \(PASS\|FAIL\).*' "$serial" 2>/dev/null || true)
+  [[ -n $verdict ]] && break
+  sleep 1
+done
+boot_secs=$(($(date +%s) - boot_start))
+mkdir -p target/vm-boot-test
+cp "$serial" target/vm-boot-test/serial.log
+echo "--- guest report (serial console)" >&2
+grep -a 'PREWARM-VM' "$serial" | tr -d '\r' >&2 || true
+say "serial log: target/vm-boot-test/serial.log"
+case "$verdict" in
+  "PREWARM-VM: PASS"*) say "PASS after ${boot_secs}s of boot"; exit 0 ;;
+  "PREWARM-VM: FAIL"*) die "guest says: $verdict" ;;
+  *)
+    tail -40 "$serial" | tr -d '\r' >&2
+    [[ -z $qemu_pid ]] && { cat "$work/qemu.log" >&2; die "QEMU exited without a verdict"; }
+    die "no verdict within ${timeout}s"
+    ;;
+esac
