@@ -246,3 +246,74 @@ async fn boot_then_untaint_as_a_node_does() {
         "untaint records the outcome: {node}"
     );
 }
+
+/// The kubeadm example: `register` adds the taint to the JoinConfiguration
+/// the example writes, keeping the rest, so `kubeadm join` registers the
+/// Node with it.
+#[test]
+fn register_taints_the_kubeadm_example_join_config() {
+    let text = std::fs::read_to_string(repo("cloud-init/kubeadm-join.yaml")).unwrap();
+    let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let file = |path: &str| -> String {
+        doc["write_files"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|f| f["path"].as_str() == Some(path))
+            .unwrap_or_else(|| panic!("the example writes {path}"))["content"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("pwkadm")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let api = KubeApi::start(&dir.path().join("api")).expect("starting the fake API server");
+    let root = dir.path().join("root");
+    write(&root.join(&SITE_FRAGMENT[1..]), &file(SITE_FRAGMENT));
+    let join = root.join("run/kubeadm/kubeadm-join-config.yaml");
+    let original = file("/run/kubeadm/kubeadm-join-config.yaml");
+    write(&join, &original);
+    let untainter = api
+        .add_token_user(
+            "system:serviceaccount:prewarm-system:prewarm-untaint",
+            Role::Untainter {
+                taint_key: "startup-taint.cluster-autoscaler.kubernetes.io/prewarm".into(),
+            },
+        )
+        .unwrap()
+        .kubeconfig;
+    let test = dir.path().join("test.toml");
+    std::fs::write(
+        &test,
+        format!(
+            "version = 1\n[register]\nkubeadm-config = {join:?}\n\
+             [handoff]\nkubeconfig = {untainter:?}\nnode-name = \"{NODE}\"\n\
+             started-file = {:?}\nrequest-timeout = \"5s\"\n",
+            dir.path().join("started"),
+        ),
+    )
+    .unwrap();
+    let out = prewarm(&root, &test, &["register"]);
+    assert_eq!(exit_code(&out), 0, "prewarm register");
+    let after: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(&join).unwrap()).unwrap();
+    let before: serde_yaml::Value = serde_yaml::from_str(&original).unwrap();
+    let taints = serde_json::to_value(&after["nodeRegistration"]["taints"]).unwrap();
+    assert_eq!(
+        taints,
+        json!([{"key": "startup-taint.cluster-autoscaler.kubernetes.io/prewarm", "effect": "NoSchedule"}]),
+        "{after:?}"
+    );
+    assert_eq!(after["discovery"], before["discovery"]);
+    assert_eq!(
+        after["nodeRegistration"]["kubeletExtraArgs"],
+        before["nodeRegistration"]["kubeletExtraArgs"]
+    );
+    // Idempotent: a second boot leaves the file as it is.
+    let once = std::fs::read_to_string(&join).unwrap();
+    let out = prewarm(&root, &test, &["register"]);
+    assert_eq!(exit_code(&out), 0);
+    assert_eq!(std::fs::read_to_string(&join).unwrap(), once);
+}
