@@ -231,7 +231,7 @@ fn run_prewarm(
             refs,
             &report,
             "concurrency = 3\nlayer-concurrency = 3",
-            &format!("[disk]\nreserve = \"1GiB\"\n{throttle}"),
+            &format!("[disk]\nreserve = \"1GiB\"\nmax-usage-percent = 100\n{throttle}"),
         ),
     )?;
     let root = base.join("empty-root");
