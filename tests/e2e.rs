@@ -159,6 +159,7 @@ async fn boot_then_untaint_as_a_node_does() {
              [containerd]\nsocket = {:?}\n\
              [registry]\nconfig-path = {certs:?}\nauth-file = \"\"\n\
              [pull]\nreport = {:?}\n\
+             [disk]\nreserve = \"256MiB\"\nmax-usage-percent = 100\n\
              [register]\nkubelet-config-dir = {:?}\nkubelet-config = {:?}\n\
              [handoff]\nkubeconfig = {untainter:?}\nnode-name = \"{NODE}\"\n\
              started-file = {:?}\nrequest-timeout = \"5s\"\n",

@@ -48,6 +48,11 @@ impl Env {
             self.path("report.json"),
         );
         text.push_str(extra);
+        if !extra.contains("[disk]") {
+            // Tests run on shared build disks whose usage is not theirs:
+            // keep a small reserve, and no usage threshold.
+            text.push_str("[disk]\nreserve = \"256MiB\"\nmax-usage-percent = 100\n");
+        }
         for (r, required) in images {
             text.push_str(&format!("[[images]]\nref = {r:?}\nrequired = {required}\n"));
         }

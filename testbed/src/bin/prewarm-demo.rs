@@ -63,7 +63,7 @@ fn run() -> Result<()> {
             &refs,
             &report,
             "concurrency = 2",
-            "[throttle]\nbandwidth = \"20MiB/s\"\n\n[disk]\nreserve = \"1GiB\"\n",
+            "[throttle]\nbandwidth = \"20MiB/s\"\n\n[disk]\nreserve = \"1GiB\"\n# A demo on a shared build disk: only the reserve binds.\nmax-usage-percent = 100\n",
         ),
     )?;
     step(&format!("configuration ({})", config.display()));
