@@ -820,7 +820,7 @@ impl Settings {
             registry_connect_timeout: Duration::from_secs(10),
             registry_read_timeout: Duration::from_secs(60),
             concurrency: NonZeroU32::new(2).expect("2 is not zero"),
-            layer_concurrency: NonZeroU32::new(3).expect("3 is not zero"),
+            layer_concurrency: NonZeroU32::MIN,
             retries: 5,
             deadline: Duration::from_secs(20 * 60),
             platform: crate::manifest::host_platform(),

@@ -118,6 +118,8 @@ pub struct ContentWriter {
     expected: String,
     total: i64,
     offset: u64,
+    /// A WRITE sent whose answer has not been read yet.
+    unanswered: bool,
 }
 
 impl Containerd {
@@ -323,6 +325,7 @@ impl Containerd {
                 expected: expected.digest.clone(),
                 total: expected.size,
                 offset,
+                unanswered: false,
             }),
         ))
     }
@@ -597,15 +600,18 @@ impl ContentWriter {
         self.offset
     }
 
-    async fn round_trip(
+    async fn send(
         &mut self,
         op: &'static str,
         req: WriteContentRequest,
-    ) -> Result<WriteContentResponse, ContainerdError> {
+    ) -> Result<(), ContainerdError> {
         self.tx
             .send(req)
             .await
-            .map_err(|_| closed(op, &self.reference))?;
+            .map_err(|_| closed(op, &self.reference))
+    }
+
+    async fn answer(&mut self, op: &'static str) -> Result<WriteContentResponse, ContainerdError> {
         match self.rx.message().await {
             Ok(Some(m)) => Ok(m),
             Ok(None) => Err(closed(op, &self.reference)),
@@ -613,23 +619,36 @@ impl ContentWriter {
         }
     }
 
+    /// Reads the answer to the WRITE still in flight, if any.
+    async fn settle(&mut self) -> Result<(), ContainerdError> {
+        if self.unanswered {
+            self.unanswered = false;
+            self.answer("writing content").await?;
+        }
+        Ok(())
+    }
+
     /// Writes `data` at `offset`. An offset of 0 on a partly written ingest
     /// truncates it (the registry ignored our Range request).
+    ///
+    /// containerd answers each request in order; one WRITE may be in flight
+    /// while the next is sent, so reading the next chunk from the registry
+    /// overlaps containerd's write of the last one.
     pub async fn write_at(&mut self, offset: u64, data: Vec<u8>) -> Result<(), ContainerdError> {
         let len = data.len() as u64;
-        let resp = self
-            .round_trip(
-                "writing content",
-                WriteContentRequest {
-                    action: WriteAction::Write as i32,
-                    r#ref: self.reference.clone(),
-                    offset: offset as i64,
-                    data,
-                    ..Default::default()
-                },
-            )
-            .await?;
-        self.offset = u64::try_from(resp.offset).unwrap_or(offset + len);
+        let req = WriteContentRequest {
+            action: WriteAction::Write as i32,
+            r#ref: self.reference.clone(),
+            offset: offset as i64,
+            data,
+            ..Default::default()
+        };
+        self.send("writing content", req).await?;
+        let earlier = std::mem::replace(&mut self.unanswered, true);
+        if earlier {
+            self.answer("writing content").await?;
+        }
+        self.offset = offset + len;
         Ok(())
     }
 
@@ -645,7 +664,9 @@ impl ContentWriter {
             labels,
             ..Default::default()
         };
-        match self.round_trip("committing content", req).await {
+        self.settle().await?;
+        self.send("committing content", req).await?;
+        match self.answer("committing content").await {
             Ok(_) => Ok(()),
             Err(e) if e.code() == Some(Code::AlreadyExists) => Ok(()),
             Err(e) => Err(e),

@@ -230,7 +230,7 @@ fn run_prewarm(
             containerd,
             refs,
             &report,
-            "concurrency = 3\nlayer-concurrency = 3",
+            "concurrency = 3",
             &format!("[disk]\nreserve = \"1GiB\"\nmax-usage-percent = 100\n{throttle}"),
         ),
     )?;
