@@ -33,36 +33,37 @@ impl Retry {
         &self,
         what: &str,
         retryable: impl Fn(&E) -> bool,
-        mut f: F,
+        f: F,
     ) -> Result<T, E>
     where
         E: std::fmt::Display,
         F: FnMut(u32) -> Fut,
         Fut: std::future::Future<Output = Result<T, E>>,
     {
-        let mut attempt = 0;
-        loop {
-            match f(attempt).await {
-                Ok(v) => return Ok(v),
-                Err(e) if attempt < self.retries && retryable(&e) => {
-                    attempt += 1;
-                    let delay = self.delay(attempt);
-                    tracing::warn!(%e, attempt, ?delay, "retrying {what}");
-                    tokio::time::sleep(delay).await;
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        self.attempts(None, what, retryable, f).await
     }
-}
 
-impl Retry {
     /// Like [`Retry::run`], and also stops at `until`, after one last
     /// attempt there: for waits bounded by a deadline rather than a count
     /// (set `retries` to `u32::MAX` for those).
     pub async fn run_until<T, E, F, Fut>(
         &self,
         until: tokio::time::Instant,
+        what: &str,
+        retryable: impl Fn(&E) -> bool,
+        f: F,
+    ) -> Result<T, E>
+    where
+        E: std::fmt::Display,
+        F: FnMut(u32) -> Fut,
+        Fut: std::future::Future<Output = Result<T, E>>,
+    {
+        self.attempts(Some(until), what, retryable, f).await
+    }
+
+    async fn attempts<T, E, F, Fut>(
+        &self,
+        until: Option<tokio::time::Instant>,
         what: &str,
         retryable: impl Fn(&E) -> bool,
         mut f: F,
@@ -78,13 +79,18 @@ impl Retry {
                 Ok(v) => return Ok(v),
                 Err(e) if attempt < self.retries && retryable(&e) => {
                     attempt += 1;
-                    let now = tokio::time::Instant::now();
-                    if now >= until {
-                        return Err(e);
+                    let mut delay = self.delay(attempt);
+                    if let Some(until) = until {
+                        let now = tokio::time::Instant::now();
+                        if now >= until {
+                            return Err(e);
+                        }
+                        // One last attempt at `until` rather than giving up early.
+                        delay = delay.min(until - now);
+                        tracing::debug!(%e, attempt, ?delay, "retrying {what}");
+                    } else {
+                        tracing::warn!(%e, attempt, ?delay, "retrying {what}");
                     }
-                    // One last attempt at `until` rather than giving up early.
-                    let delay = self.delay(attempt).min(until - now);
-                    tracing::debug!(%e, attempt, ?delay, "retrying {what}");
                     tokio::time::sleep(delay).await;
                 }
                 Err(e) => return Err(e),
