@@ -99,6 +99,8 @@ pub struct Measured {
     pub wall: Duration,
     /// Peak resident set size of the process, in bytes (VmHWM).
     pub max_rss: u64,
+    /// CPU time (user + system) of the process, last read before it exited.
+    pub cpu: Duration,
 }
 
 /// Runs `cmd` to completion and measures wall time and the peak RSS of
@@ -110,10 +112,18 @@ pub fn measure(mut cmd: Command) -> Result<Measured> {
     let start = Instant::now();
     let mut child = cmd.spawn().with_context(|| format!("starting {cmd:?}"))?;
     let status_path = format!("/proc/{}/status", child.id());
+    let stat_path = format!("/proc/{}/stat", child.id());
     let mut max_rss = 0u64;
+    let mut cpu = Duration::ZERO;
     let status = loop {
         if let Some(status) = child.try_wait()? {
             break status;
+        }
+        if let Some(t) = std::fs::read_to_string(&stat_path)
+            .ok()
+            .and_then(|t| cpu_time(&t))
+        {
+            cpu = t;
         }
         if let Ok(text) = std::fs::read_to_string(&status_path) {
             let hwm = text
@@ -130,7 +140,25 @@ pub fn measure(mut cmd: Command) -> Result<Measured> {
         status,
         wall: start.elapsed(),
         max_rss,
+        cpu,
     })
+}
+
+/// User plus system CPU time from a `/proc/<pid>/stat` line.
+pub fn cpu_time(stat: &str) -> Option<Duration> {
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields of the whole line, in clock ticks.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // /proc reports in USER_HZ, which Linux fixes at 100 on every
+    // architecture this runs on.
+    Some(Duration::from_millis(ticks * 10))
+}
+
+/// CPU time used so far by process `pid`.
+pub fn process_cpu(pid: u32) -> Option<Duration> {
+    cpu_time(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
 }
 
 /// Reads every blob in the registry's storage once, so that the first

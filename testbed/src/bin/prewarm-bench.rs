@@ -9,7 +9,11 @@
 //!
 //! Prints numbers; exits non-zero when a target is missed.
 //!
-//! Usage: prewarm-bench [--scale F] [--only set|single|throttle] [--show-log]
+//! Usage: prewarm-bench [--scale F] [--only set|single|throttle]
+//!                      [--concurrency N] [--show-log]
+//!
+//! prewarm runs with `[pull] concurrency = N` (default 4: every image of
+//! the set side by side) and otherwise its defaults.
 //!
 //! `--show-log` prints each prewarm run's timeline (its `-vv` log).
 
@@ -17,11 +21,15 @@ use anyhow::{bail, Context, Result};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use testbed::scenario::{
-    measure, prewarm_binary, prewarm_config, push_all, sample_image, warm_registry_cache, Measured,
+    measure, prewarm_binary, prewarm_config, process_cpu, push_all, sample_image,
+    warm_registry_cache, Measured,
 };
 use testbed::{Compression, Containerd, FaultProxy, PushedImage, Registry};
 
 const MIB: f64 = 1024.0 * 1024.0;
+
+/// `--concurrency N`: images prewarm pulls side by side.
+static CONCURRENCY: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(4);
 
 /// `--show-log`: print each prewarm run's log.
 static SHOW_LOG: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -55,6 +63,10 @@ fn args() -> Result<Args> {
             "--scale" => a.scale = it.next().context("--scale needs a number")?.parse()?,
             "--only" => a.only = it.next(),
             "--show-log" => a.show_log = true,
+            "--concurrency" => CONCURRENCY.store(
+                it.next().context("--concurrency needs a number")?.parse()?,
+                std::sync::atomic::Ordering::Relaxed,
+            ),
             other => bail!("unknown argument {other}"),
         }
     }
@@ -114,6 +126,10 @@ fn run() -> Result<bool> {
         vec![]
     };
     println!(
+        "prewarm concurrency = {}",
+        CONCURRENCY.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    println!(
         "warmed {:.0} MiB of registry storage into the page cache",
         warm_registry_cache(&registry)? as f64 / MIB
     );
@@ -123,6 +139,7 @@ fn run() -> Result<bool> {
         "case", "MiB", "ctr s", "prewarm s", "ratio", "target", "prewarm RSS", "warm s"
     );
 
+    let mut costs = Vec::new();
     for (name, images, target) in [("set", &set, 0.6), ("single", &single, 0.9)] {
         if !want(name) || images.is_empty() {
             continue;
@@ -132,8 +149,10 @@ fn run() -> Result<bool> {
             .map(|i| i.manifests[0].compressed_size)
             .sum::<u64>() as f64
             / MIB;
-        let ctr = ctr_pull(dir.path(), name, images)?;
-        let (pw, warm) = prewarm_pull(&prewarm, dir.path(), name, images, None)?;
+        let ctr_cost = ctr_pull(dir.path(), name, images)?;
+        let ctr = ctr_cost.wall;
+        let (pw, pw_cost, warm) = prewarm_pull(&prewarm, dir.path(), name, images, None)?;
+        costs.push((name, ctr_cost, pw_cost));
         let ratio = pw.wall.as_secs_f64() / ctr.as_secs_f64();
         let rss = pw.max_rss as f64 / MIB;
         let pass = ratio <= target && rss <= 64.0;
@@ -149,6 +168,21 @@ fn run() -> Result<bool> {
         );
     }
 
+    if !costs.is_empty() {
+        println!("\nCPU seconds (puller + containerd):");
+        for (name, ctr, pw) in &costs {
+            println!(
+                "{name:<8} ctr {:.2} + {:.2} = {:.2}   prewarm {:.2} + {:.2} = {:.2}",
+                ctr.client_cpu.as_secs_f64(),
+                ctr.containerd_cpu.as_secs_f64(),
+                (ctr.client_cpu + ctr.containerd_cpu).as_secs_f64(),
+                pw.client_cpu.as_secs_f64(),
+                pw.containerd_cpu.as_secs_f64(),
+                (pw.client_cpu + pw.containerd_cpu).as_secs_f64(),
+            );
+        }
+    }
+
     if want("throttle") && !single.is_empty() {
         println!();
         for cap_mib in [20.0, 50.0] {
@@ -158,13 +192,23 @@ fn run() -> Result<bool> {
     Ok(ok)
 }
 
+/// Wall time of a run, and where the CPU time went.
+struct Cost {
+    wall: Duration,
+    /// The puller: `ctr` (all its runs) or prewarm.
+    client_cpu: Duration,
+    containerd_cpu: Duration,
+}
+
 /// `ctr images pull` of each image in turn on a fresh containerd.
-fn ctr_pull(base: &std::path::Path, case: &str, images: &[PushedImage]) -> Result<Duration> {
+fn ctr_pull(base: &std::path::Path, case: &str, images: &[PushedImage]) -> Result<Cost> {
     let containerd = Containerd::start(&base.join(format!("ctr-{case}")))?;
+    let daemon_before = process_cpu(containerd.pid()).unwrap_or_default();
     let start = Instant::now();
+    let mut client_cpu = Duration::ZERO;
     for img in images {
-        let out = Command::new("ctr")
-            .arg("--address")
+        let mut cmd = Command::new("ctr");
+        cmd.arg("--address")
             .arg(&containerd.socket)
             .args([
                 "-n",
@@ -175,16 +219,18 @@ fn ctr_pull(base: &std::path::Path, case: &str, images: &[PushedImage]) -> Resul
                 &img.reference,
             ])
             .stdout(Stdio::null())
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "ctr pull {}: {}",
-                img.reference,
-                String::from_utf8_lossy(&out.stderr)
-            );
+            .stderr(Stdio::null());
+        let m = measure(cmd)?;
+        if !m.status.success() {
+            bail!("ctr pull {} exited {:?}", img.reference, m.status.code());
         }
+        client_cpu += m.cpu;
     }
-    Ok(start.elapsed())
+    Ok(Cost {
+        wall: start.elapsed(),
+        client_cpu,
+        containerd_cpu: process_cpu(containerd.pid()).unwrap_or_default() - daemon_before,
+    })
 }
 
 /// One `prewarm pull` of all images on a fresh containerd, then a second
@@ -195,10 +241,16 @@ fn prewarm_pull(
     case: &str,
     images: &[PushedImage],
     bandwidth: Option<&str>,
-) -> Result<(Measured, Measured)> {
+) -> Result<(Measured, Cost, Measured)> {
     let containerd = Containerd::start(&base.join(format!("prewarm-{case}")))?;
     let refs: Vec<String> = images.iter().map(|i| i.reference.clone()).collect();
+    let daemon_before = process_cpu(containerd.pid()).unwrap_or_default();
     let cold = run_prewarm(prewarm, base, case, &containerd, &refs, bandwidth)?;
+    let cost = Cost {
+        wall: cold.wall,
+        client_cpu: cold.cpu,
+        containerd_cpu: process_cpu(containerd.pid()).unwrap_or_default() - daemon_before,
+    };
     // The same list again on the now warm node: nothing to do.
     let warm = run_prewarm(
         prewarm,
@@ -208,7 +260,7 @@ fn prewarm_pull(
         &refs,
         bandwidth,
     )?;
-    Ok((cold, warm))
+    Ok((cold, cost, warm))
 }
 
 fn run_prewarm(
@@ -230,7 +282,10 @@ fn run_prewarm(
             containerd,
             refs,
             &report,
-            "concurrency = 3",
+            &format!(
+                "concurrency = {}",
+                CONCURRENCY.load(std::sync::atomic::Ordering::Relaxed)
+            ),
             &format!("[disk]\nreserve = \"1GiB\"\nmax-usage-percent = 100\n{throttle}"),
         ),
     )?;
