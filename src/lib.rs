@@ -640,10 +640,12 @@ async fn stop_signal() -> String {
 pub fn init_logging(verbose: u8) {
     use tracing_subscriber::prelude::*;
     // -v and -vv raise prewarm's own level, not that of every library.
+    // kube's client logs an ERROR of its own for every request the retry
+    // loop repeats; prewarm logs the retry and the final error itself.
     let default = match verbose {
-        0 => "info",
-        1 => "info,prewarm=debug",
-        _ => "info,prewarm=trace",
+        0 => "info,kube_client=off",
+        1 => "info,kube_client=off,prewarm=debug",
+        _ => "info,kube_client=off,prewarm=trace",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("PREWARM_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
