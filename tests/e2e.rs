@@ -16,7 +16,6 @@ mod common;
 use common::{exit_code, layers, linux, push, Env};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use testbed::{Compression, Format, KubeApi, Role};
 
 const EXAMPLE: &str = "cloud-init/kubelet-bootstrap.yaml";
@@ -51,21 +50,9 @@ fn write(path: &Path, text: &str) {
 }
 
 fn prewarm(root: &Path, config: &Path, args: &[&str]) -> std::process::Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_prewarm"))
-        .arg("--config-root")
-        .arg(root)
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .output()
-        .expect("running prewarm");
-    eprintln!(
-        "prewarm {args:?} → {:?}\n--- stderr\n{}--- stdout\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    out
+    let mut all = vec![std::ffi::OsStr::new("--config"), config.as_os_str()];
+    all.extend(args.iter().map(std::ffi::OsStr::new));
+    common::run_prewarm(root, &all)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

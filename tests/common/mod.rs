@@ -70,19 +70,7 @@ impl Env {
     pub fn prewarm(&self, args: &[&str]) -> Output {
         let root = self.path("root");
         std::fs::create_dir_all(&root).expect("config root");
-        let out = Command::new(env!("CARGO_BIN_EXE_prewarm"))
-            .arg("--config-root")
-            .arg(&root)
-            .args(args)
-            .output()
-            .expect("running prewarm");
-        eprintln!(
-            "prewarm {args:?} → {:?}\n--- stderr\n{}--- stdout\n{}",
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&out.stdout)
-        );
-        out
+        run_prewarm(&root, args)
     }
 
     pub fn report(&self) -> prewarm::report::Report {
@@ -191,4 +179,23 @@ pub fn write_auth(path: &Path, host: &str, user: &str, password: &str) {
     let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
     let json = format!("{{\"auths\": {{\"{host}\": {{\"auth\": \"{auth}\"}}}}}}");
     std::fs::write(path, json).expect("writing auth file");
+}
+
+/// Runs the prewarm binary with `--config-root root` and `args`, and shows
+/// its output should the test fail.
+pub fn run_prewarm<A: AsRef<std::ffi::OsStr>>(root: &Path, args: &[A]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_prewarm"))
+        .arg("--config-root")
+        .arg(root)
+        .args(args)
+        .output()
+        .expect("running prewarm");
+    let shown: Vec<_> = args.iter().map(|a| a.as_ref().to_string_lossy()).collect();
+    eprintln!(
+        "prewarm {shown:?} → {:?}\n--- stderr\n{}--- stdout\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    out
 }
