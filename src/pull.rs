@@ -595,6 +595,7 @@ impl Engine {
                     }
                 };
                 planned = self.decide(prepared, budget);
+                tracing::debug!(images = planned.len(), "planned");
                 results = vec![None; planned.len()];
                 let results_ref = &std::sync::Mutex::new(&mut results);
                 let conc = self.settings.concurrency.get() as usize;
