@@ -180,6 +180,32 @@ struct Built {
     unpacked_size: u64,
 }
 
+/// What a test needs to know of one manifest (`m`, served as `digest`)
+/// built from `img`.
+fn describe(digest: String, m: &Value, b: &Built, img: &ImageSpec) -> Result<BuiltManifest> {
+    let layers = m["layers"].as_array().context("manifest without layers")?;
+    Ok(BuiltManifest {
+        digest,
+        config_digest: m["config"]["digest"]
+            .as_str()
+            .context("no config digest")?
+            .into(),
+        layer_digests: layers
+            .iter()
+            .map(|l| {
+                l["digest"]
+                    .as_str()
+                    .map(str::to_string)
+                    .context("layer without digest")
+            })
+            .collect::<Result<_>>()?,
+        diff_ids: b.diff_ids.clone(),
+        compressed_size: layers.iter().filter_map(|l| l["size"].as_u64()).sum(),
+        unpacked_size: b.unpacked_size,
+        platform: (img.os.clone(), img.arch.clone(), img.variant.clone()),
+    })
+}
+
 /// Writes layers, config and manifest of one image into `layout`.
 fn build_image(layout: &Path, img: &ImageSpec, format: Format) -> Result<Built> {
     let docker = format == Format::DockerV2S2;
@@ -409,27 +435,7 @@ pub fn push_image(
         } else {
             top_json.clone()
         };
-        let layers = m["layers"].as_array().context("manifest without layers")?;
-        manifests.push(BuiltManifest {
-            digest: digest.clone(),
-            config_digest: m["config"]["digest"]
-                .as_str()
-                .context("no config digest")?
-                .into(),
-            layer_digests: layers
-                .iter()
-                .map(|l| {
-                    l["digest"]
-                        .as_str()
-                        .map(str::to_string)
-                        .context("layer without digest")
-                })
-                .collect::<Result<_>>()?,
-            diff_ids: b.diff_ids.clone(),
-            compressed_size: layers.iter().filter_map(|l| l["size"].as_u64()).sum(),
-            unpacked_size: b.unpacked_size,
-            platform: (img.os.clone(), img.arch.clone(), img.variant.clone()),
-        });
+        manifests.push(describe(digest.clone(), &m, b, img)?);
     }
     Ok(PushedImage {
         reference: format!("{registry_host}/{repo}:{tag}"),
@@ -481,30 +487,8 @@ pub fn write_oci_layout(reference: &str, images: &[ImageSpec], dir: &Path) -> Re
     let mut manifests = Vec::new();
     for (b, img) in built.iter().zip(images) {
         let m: Value = serde_json::from_slice(&b.manifest)?;
-        let layers = m["layers"].as_array().context("manifest without layers")?;
-        manifests.push(BuiltManifest {
-            digest: b.manifest_desc["digest"]
-                .as_str()
-                .context("digest")?
-                .to_string(),
-            config_digest: m["config"]["digest"]
-                .as_str()
-                .context("config")?
-                .to_string(),
-            layer_digests: layers
-                .iter()
-                .map(|l| {
-                    l["digest"]
-                        .as_str()
-                        .map(str::to_string)
-                        .context("layer digest")
-                })
-                .collect::<Result<_>>()?,
-            diff_ids: b.diff_ids.clone(),
-            compressed_size: layers.iter().filter_map(|l| l["size"].as_u64()).sum(),
-            unpacked_size: b.unpacked_size,
-            platform: (img.os.clone(), img.arch.clone(), img.variant.clone()),
-        });
+        let digest = b.manifest_desc["digest"].as_str().context("digest")?;
+        manifests.push(describe(digest.to_string(), &m, b, img)?);
     }
     Ok(PushedImage {
         reference: reference.to_string(),
