@@ -5,7 +5,7 @@ use crate::config::{ImageEntry, Settings};
 use crate::containerd::{Containerd, ContainerdError, Desc, WriteStart};
 use crate::cri::Cri;
 use crate::disk::{DiskProbe, Statvfs};
-use crate::manifest::{self, Platform};
+use crate::manifest;
 use crate::plan::{self, Budget, Candidate, Decision};
 use crate::reference::Reference;
 use crate::registry::{Registries, RegistryError};
@@ -118,8 +118,6 @@ pub struct Resolved {
     pub layers: Vec<Desc>,
     pub diff_ids: Vec<String>,
     pub chain_ids: Vec<String>,
-    /// The registry host that served it, for the distribution-source label.
-    pub source_host: String,
     /// Unpacked size per layer where the stream's metadata told it
     /// (gzip ISIZE, zstd frame content size, or an uncompressed layer).
     pub unpacked_sizes: Vec<Option<u64>>,
@@ -284,7 +282,6 @@ impl Engine {
             }
         };
         let top = fetch(reference.manifest_reference().to_string()).await?;
-        let source_host = top.host.clone();
         let top_media = manifest::sniff_media_type(&top.media_type, &top.bytes);
         let small = |media_type: String, digest: String, bytes: Bytes| SmallBlob {
             desc: Desc {
@@ -348,7 +345,6 @@ impl Engine {
                 .collect(),
             diff_ids: config.rootfs.diff_ids,
             chain_ids,
-            source_host,
             unpacked_sizes: Vec::new(),
             origin,
         })
@@ -1216,9 +1212,4 @@ fn unfinished(e: &ImageEntry, why: &str) -> ImageReport {
 pub fn lease_id(name: &str, top_digest: &str) -> String {
     let h = hex::encode(Sha256::digest(format!("{name}\n{top_digest}").as_bytes()));
     format!("prewarm-{}", &h[..24])
-}
-
-/// The platform as text, for reports.
-pub fn platform_string(p: &Platform) -> String {
-    p.to_string()
 }
