@@ -586,12 +586,13 @@ impl Registries {
         }
         drop(resp);
         let image_name = image.to_string();
+        let credential = self.inner.credentials.resolve(&authority).await?;
         let request = AuthRequest {
             client: &ep.client,
             image: &image_name,
             url,
             scope: &scope,
-            credential: self.inner.credentials.lookup(&authority),
+            credential: credential.as_ref(),
             headers: &ep.host.headers,
         };
         let authorization = auth::authorize(&request, &challenges).await?;

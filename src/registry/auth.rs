@@ -1,5 +1,7 @@
-//! Registry credentials from a docker `config.json`, `WWW-Authenticate`
-//! challenges, and the bearer-token round trip with its cache.
+//! Registry credentials from a docker `config.json` (its `auths`, and the
+//! credential helpers named by `credHelpers` and `credsStore`),
+//! `WWW-Authenticate` challenges, and the bearer-token round trip with its
+//! cache.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -43,8 +45,32 @@ impl std::fmt::Debug for Credential {
 /// The credentials of a docker `config.json`, looked up by registry host.
 #[derive(Debug, Default)]
 pub struct Credentials {
+    /// The file they came from, for error messages.
+    file: PathBuf,
     /// (key as written, normalized host, credential), in key order.
     entries: Vec<(String, String, Credential)>,
+    /// `credHelpers`: (key as written, normalized host, helper name).
+    helpers: Vec<(String, String, String)>,
+    /// `credsStore`: the helper for every other registry.
+    store: Option<String>,
+    /// What helpers answered, by (helper, server): `None` when they had
+    /// nothing for the server. Each helper runs once per server.
+    answers: tokio::sync::Mutex<HashMap<(String, String), Option<Credential>>>,
+}
+
+/// How long a credential helper may take (cloud helpers call their
+/// provider's API).
+const HELPER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A credential helper to ask for one registry.
+#[derive(Debug, PartialEq, Eq)]
+struct HelperCall {
+    /// `docker-credential-<name>`, looked up on `PATH` as docker does.
+    program: String,
+    /// What the helper reads on stdin: the server as the config names it.
+    server: String,
+    /// The config key that chose the helper, for error messages.
+    key: String,
 }
 
 #[derive(Deserialize)]
@@ -84,21 +110,83 @@ impl Credentials {
     pub fn parse(path: &Path, text: &str) -> Result<Self, RegistryError> {
         let file: ConfigFile = serde_json::from_str(text)
             .map_err(|e| auth_file_error(path, format!("invalid JSON: {e}")))?;
-        if file.creds_store.as_deref().is_some_and(|s| !s.is_empty())
-            || !file.cred_helpers.is_empty()
-        {
-            tracing::warn!(
-                file = %path.display(),
-                "credsStore and credHelpers are not supported; only \"auths\" entries are used"
-            );
-        }
         let mut entries = Vec::new();
         for (key, entry) in file.auths {
             if let Some(cred) = entry.credential(path, &key)? {
                 entries.push((key.clone(), normalize(&key), cred));
             }
         }
-        Ok(Self { entries })
+        let mut helpers = Vec::new();
+        for (key, name) in file.cred_helpers {
+            let name = helper_name(path, &format!("credHelpers.{key:?}"), &name)?;
+            helpers.push((key.clone(), normalize(&key), name));
+        }
+        let store = match file.creds_store {
+            Some(name) if !name.is_empty() => Some(helper_name(
+                path,
+                "credsStore",
+                &serde_json::Value::String(name),
+            )?),
+            _ => None,
+        };
+        Ok(Self {
+            file: path.to_path_buf(),
+            entries,
+            helpers,
+            store,
+            answers: Default::default(),
+        })
+    }
+
+    /// The credential for registry `host`, as docker finds it: the helper
+    /// `credHelpers` names for the host, else the `credsStore` helper, else
+    /// the `auths` entry. A helper with nothing for the host falls back to
+    /// the `auths` entry. A helper that fails is an error naming it and the
+    /// file.
+    pub async fn resolve(&self, host: &str) -> Result<Option<Credential>, RegistryError> {
+        if let Some(call) = self.helper_for(host) {
+            let key = (call.program.clone(), call.server.clone());
+            let mut answers = self.answers.lock().await;
+            let answer = match answers.get(&key) {
+                Some(a) => a.clone(),
+                None => {
+                    let a = run_helper(&call)
+                        .await
+                        .map_err(|m| auth_file_error(&self.file, format!("{}: {m}", call.key)))?;
+                    answers.insert(key, a.clone());
+                    a
+                }
+            };
+            if answer.is_some() {
+                return Ok(answer);
+            }
+        }
+        Ok(self.lookup(host).cloned())
+    }
+
+    /// The helper to ask for `host`, if any.
+    fn helper_for(&self, host: &str) -> Option<HelperCall> {
+        let wanted = normalize(host);
+        let named = self
+            .helpers
+            .iter()
+            .find(|(key, _, _)| key == host)
+            .or_else(|| self.helpers.iter().find(|(_, h, _)| *h == wanted));
+        if let Some((key, _, name)) = named {
+            return Some(HelperCall {
+                program: format!("docker-credential-{name}"),
+                server: key.clone(),
+                key: format!("credHelpers.{key:?}"),
+            });
+        }
+        self.store.as_ref().map(|name| HelperCall {
+            program: format!("docker-credential-{name}"),
+            server: match wanted.as_str() {
+                "docker.io" => "https://index.docker.io/v1/".to_string(),
+                _ => wanted.clone(),
+            },
+            key: "credsStore".to_string(),
+        })
     }
 
     /// The credential for registry `host` (`host[:port]` as contacted):
@@ -146,6 +234,95 @@ impl AuthEntry {
         }
         Ok(None)
     }
+}
+
+/// A helper's name from the config: a string that cannot leave the
+/// `docker-credential-` prefix.
+fn helper_name(path: &Path, key: &str, value: &serde_json::Value) -> Result<String, RegistryError> {
+    match value.as_str() {
+        Some(name) if !name.is_empty() && !name.contains('/') => Ok(name.to_string()),
+        _ => Err(auth_file_error(
+            path,
+            format!("key {key}: a credential helper name (docker-credential-<name> on PATH) must be a non-empty string without '/', got {value}"),
+        )),
+    }
+}
+
+/// What a helper prints for `get`.
+#[derive(Deserialize)]
+struct HelperAnswer {
+    #[serde(rename = "Username", default)]
+    username: String,
+    #[serde(rename = "Secret", default)]
+    secret: String,
+}
+
+/// Runs `<program> get` with the server on stdin. `Ok(None)` when the
+/// helper has no credentials for it.
+async fn run_helper(call: &HelperCall) -> Result<Option<Credential>, String> {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new(&call.program)
+        .arg("get")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", call.program))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        // A helper that exits without reading is judged by its exit status.
+        let _ = stdin.write_all(call.server.as_bytes()).await;
+    }
+    let out = tokio::time::timeout(HELPER_TIMEOUT, child.wait_with_output())
+        .await
+        .map_err(|_| {
+            format!(
+                "{} get did not answer within {} s",
+                call.program,
+                HELPER_TIMEOUT.as_secs()
+            )
+        })?
+        .map_err(|e| format!("running {}: {e}", call.program))?;
+    parse_helper_output(
+        &call.program,
+        out.status.success(),
+        &out.stdout,
+        &out.stderr,
+    )
+}
+
+/// Reads a helper's answer: JSON `{"Username", "Secret"}` on success (a
+/// `<token>` user means `Secret` is an identity token), or the "not found"
+/// message of the docker-credential-helpers protocol.
+fn parse_helper_output(
+    program: &str,
+    success: bool,
+    stdout: &[u8],
+    stderr: &[u8],
+) -> Result<Option<Credential>, String> {
+    let text = String::from_utf8_lossy(stdout);
+    if !success {
+        if text.contains("credentials not found") {
+            return Ok(None);
+        }
+        let why = String::from_utf8_lossy(stderr);
+        let why = [text.trim(), why.trim()]
+            .into_iter()
+            .find(|s| !s.is_empty())
+            .unwrap_or("no output");
+        let why: String = why.chars().take(300).collect();
+        return Err(format!("{program} get failed: {why}"));
+    }
+    let answer: HelperAnswer = serde_json::from_slice(stdout)
+        .map_err(|e| format!("{program} get printed no credentials JSON: {e}"))?;
+    Ok(match (answer.username.as_str(), answer.secret) {
+        (_, secret) if secret.is_empty() => None,
+        ("<token>", secret) => Some(Credential::IdentityToken(secret)),
+        (user, secret) => Some(Credential::Basic {
+            username: user.to_string(),
+            password: secret,
+        }),
+    })
 }
 
 /// `https://index.docker.io/v1/` → `docker.io`; `http://h:5000/x` → `h:5000`.
@@ -599,6 +776,105 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("user:password"), "{err}");
         assert!(!err.is_retryable());
+    }
+
+    #[test]
+    fn helpers_chosen_as_docker_does() {
+        let c = creds(
+            r#"{"auths": {"quay.io": {"username": "q", "password": "qp"}},
+                "credHelpers": {"123.dkr.ecr.us-east-1.amazonaws.com": "ecr-login",
+                                "https://gcr.io": "gcloud"},
+                "credsStore": "pass"}"#,
+        );
+        let call = |host: &str| c.helper_for(host).unwrap();
+        assert_eq!(
+            call("123.dkr.ecr.us-east-1.amazonaws.com"),
+            HelperCall {
+                program: "docker-credential-ecr-login".into(),
+                server: "123.dkr.ecr.us-east-1.amazonaws.com".into(),
+                key: r#"credHelpers."123.dkr.ecr.us-east-1.amazonaws.com""#.into(),
+            }
+        );
+        // A key with a scheme matches its host and is passed as written.
+        assert_eq!(call("gcr.io").program, "docker-credential-gcloud");
+        assert_eq!(call("gcr.io").server, "https://gcr.io");
+        // Everything else goes to credsStore; Docker Hub by its v1 name.
+        assert_eq!(call("quay.io").program, "docker-credential-pass");
+        assert_eq!(call("quay.io").key, "credsStore");
+        assert_eq!(call("docker.io").server, "https://index.docker.io/v1/");
+        assert_eq!(
+            call("registry-1.docker.io").server,
+            "https://index.docker.io/v1/"
+        );
+        // Without credsStore, hosts without a helper have none.
+        let c = creds(r#"{"credHelpers": {"a.example": "x"}}"#);
+        assert!(c.helper_for("b.example").is_none());
+        assert!(c.helper_for("a.example").is_some());
+    }
+
+    #[test]
+    fn bad_helper_names_name_the_key() {
+        let path = Path::new("/root/.docker/config.json");
+        for (json, key) in [
+            (
+                r#"{"credHelpers": {"a.example": "../../bin/sh"}}"#,
+                "credHelpers.\"a.example\"",
+            ),
+            (
+                r#"{"credHelpers": {"a.example": 7}}"#,
+                "credHelpers.\"a.example\"",
+            ),
+            (r#"{"credsStore": "x/y"}"#, "credsStore"),
+        ] {
+            let err = Credentials::parse(path, json).unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains("config.json"), "{err}");
+        }
+        // An empty credsStore is docker's "none".
+        assert!(creds(r#"{"credsStore": ""}"#)
+            .helper_for("a.example")
+            .is_none());
+    }
+
+    #[test]
+    fn helper_answers() {
+        let parse = |ok, out: &str, err: &str| {
+            parse_helper_output("docker-credential-x", ok, out.as_bytes(), err.as_bytes())
+        };
+        assert_eq!(
+            parse(true, r#"{"ServerURL":"r","Username":"u","Secret":"s"}"#, ""),
+            Ok(Some(Credential::Basic {
+                username: "u".into(),
+                password: "s".into()
+            }))
+        );
+        assert_eq!(
+            parse(true, r#"{"Username":"<token>","Secret":"refresh"}"#, ""),
+            Ok(Some(Credential::IdentityToken("refresh".into())))
+        );
+        // The protocol's "not found" answer: nothing, and no error.
+        assert_eq!(
+            parse(false, "credentials not found in native keychain\n", ""),
+            Ok(None)
+        );
+        let err = parse(false, "", "gpg: decryption failed\n").unwrap_err();
+        assert!(
+            err.contains("docker-credential-x") && err.contains("gpg"),
+            "{err}"
+        );
+        let err = parse(true, "not json", "").unwrap_err();
+        assert!(err.contains("docker-credential-x"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn missing_helper_is_an_error_naming_it_and_the_file() {
+        let c = creds(r#"{"credHelpers": {"a.example": "prewarm-test-absent"}}"#);
+        let err = c.resolve("a.example").await.unwrap_err().to_string();
+        assert!(
+            err.contains("docker-credential-prewarm-test-absent")
+                && err.contains("/root/.docker/config.json")
+                && err.contains("credHelpers"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -184,10 +184,20 @@ pub fn write_auth(path: &Path, host: &str, user: &str, password: &str) {
 /// Runs the prewarm binary with `--config-root root` and `args`, and shows
 /// its output should the test fail.
 pub fn run_prewarm<A: AsRef<std::ffi::OsStr>>(root: &Path, args: &[A]) -> Output {
+    run_prewarm_env(root, args, &[])
+}
+
+/// [`run_prewarm`] with extra environment variables.
+pub fn run_prewarm_env<A: AsRef<std::ffi::OsStr>>(
+    root: &Path,
+    args: &[A],
+    vars: &[(&str, std::ffi::OsString)],
+) -> Output {
     let out = Command::new(env!("CARGO_BIN_EXE_prewarm"))
         .arg("--config-root")
         .arg(root)
         .args(args)
+        .envs(vars.iter().map(|(k, v)| (k, v)))
         .output()
         .expect("running prewarm");
     let shown: Vec<_> = args.iter().map(|a| a.as_ref().to_string_lossy()).collect();
