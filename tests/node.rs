@@ -621,3 +621,59 @@ fn register_writes_no_taint_without_a_working_handoff() {
         assert!(!c.path("started").exists(), "{handoff}: no stamp");
     }
 }
+
+/// The fake's registration keeps the real API's rules, which the VM boot
+/// test relies on: a kubelet creates only its own Node (with taints, which
+/// NodeRestriction allows only at creation), once; the untaint principal
+/// creates nothing.
+#[tokio::test]
+async fn the_fake_lets_a_kubelet_register_only_its_own_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = KubeApi::start_as(&dir.path().join("api"), &["k8s-api.example.internal"]).unwrap();
+    let kubelet = api
+        .add_token_user(&format!("system:node:{NODE}"), Role::Node(NODE.into()))
+        .unwrap();
+    let untainter = api
+        .add_token_user(
+            "untainter",
+            Role::Untainter {
+                taint_key: DIRECT_KEY.into(),
+            },
+        )
+        .unwrap();
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(&api.ca_cert).unwrap()).unwrap();
+    // The certificate names the cluster's host name too.
+    let client = reqwest::Client::builder()
+        .add_root_certificate(ca)
+        .resolve("k8s-api.example.internal", api.addr)
+        .build()
+        .unwrap();
+    let url = format!(
+        "https://k8s-api.example.internal:{}/api/v1/nodes",
+        api.addr.port()
+    );
+    let post = |token: &str, body: Value| {
+        client
+            .post(&url)
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+    };
+    let ours = taint(DIRECT_KEY, None, "NoSchedule");
+    let token = kubelet.token.clone().unwrap();
+
+    let other = json!({"metadata": {"name": "worker-2"}, "spec": {"taints": [ours.clone()]}});
+    assert_eq!(post(&token, other).await.unwrap().status(), 403);
+    let r = post(&untainter.token.clone().unwrap(), node(vec![]))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = post(&token, node(vec![ours.clone()])).await.unwrap();
+    assert_eq!(r.status(), 201);
+    let created: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert!(created.pointer("/metadata/resourceVersion").is_some());
+    assert_eq!(api.node(NODE).unwrap()["spec"]["taints"], json!([ours]));
+    assert_eq!(post(&token, node(vec![])).await.unwrap().status(), 409);
+    assert!(api.node("worker-2").is_none());
+}

@@ -66,6 +66,8 @@ pub struct Credential {
     pub user: String,
     /// A kubeconfig with the server, the CA and this credential.
     pub kubeconfig: PathBuf,
+    /// The bearer token, for a token user.
+    pub token: Option<String>,
 }
 
 /// What every request gets while it is set.
@@ -139,9 +141,15 @@ impl KubeApi {
     /// Makes a CA and a server certificate for 127.0.0.1 under `dir`, and
     /// serves HTTPS on a free loopback port.
     pub fn start(dir: &Path) -> Result<KubeApi> {
+        Self::start_as(dir, &[])
+    }
+
+    /// [`KubeApi::start`] with a certificate that also names `dns_names`,
+    /// for clients that reach the loopback port under a cluster's name.
+    pub fn start_as(dir: &Path, dns_names: &[&str]) -> Result<KubeApi> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let dir = dir.canonicalize()?;
-        make_ca(&dir)?;
+        make_ca(&dir, dns_names)?;
         make_cert(&dir, "server", "127.0.0.1", None, "server")?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let ca = CertificateDer::from_pem_file(dir.join("ca.pem")).context("reading ca.pem")?;
@@ -200,7 +208,9 @@ impl KubeApi {
             s.roles.insert(user.to_string(), role);
         }
         let file = format!("{}.kubeconfig", sanitize(user));
-        self.write_kubeconfig(&file, user, &format!("    token: {token}\n"))
+        let mut c = self.write_kubeconfig(&file, user, &format!("    token: {token}\n"))?;
+        c.token = Some(token);
+        Ok(c)
     }
 
     /// A client-certificate user (CN = `user`, O = `group`) with `role`,
@@ -248,6 +258,7 @@ impl KubeApi {
         Ok(Credential {
             user: user.to_string(),
             kubeconfig: path,
+            token: None,
         })
     }
 
@@ -374,8 +385,13 @@ fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
     run(Command::new("openssl").current_dir(dir).args(args)).map(|_| ())
 }
 
-fn make_ca(dir: &Path) -> Result<()> {
-    std::fs::write(dir.join("openssl.cnf"), OPENSSL_CNF)?;
+fn make_ca(dir: &Path, dns_names: &[&str]) -> Result<()> {
+    let sans: String = dns_names.iter().map(|n| format!(",DNS:{n}")).collect();
+    let cnf = OPENSSL_CNF.replace(
+        "subjectAltName = IP:127.0.0.1\n",
+        &format!("subjectAltName = IP:127.0.0.1{sans}\n"),
+    );
+    std::fs::write(dir.join("openssl.cnf"), cnf)?;
     openssl(
         dir,
         &[
@@ -575,6 +591,8 @@ fn serve(
 fn reason_phrase(code: u16) -> &'static str {
     match code {
         200 => "OK",
+        201 => "Created",
+        400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
@@ -643,6 +661,9 @@ fn handle(
     let role = s.roles.get(user).cloned().unwrap_or(Role::Nobody);
     if let Some(rest) = path.strip_prefix("/api/v1/namespaces/") {
         return configmap(s, &role, user, method, path, rest);
+    }
+    if path == "/api/v1/nodes" && method == "POST" {
+        return create(s, &role, user, body);
     }
     let rest = path.strip_prefix("/api/v1/nodes/").unwrap_or_default();
     let (name, sub) = match rest.split_once('/') {
@@ -774,6 +795,57 @@ fn handle(
         s.nodes.insert(name.to_string(), next.clone());
     }
     (200, next)
+}
+
+/// POST `/api/v1/nodes`: a kubelet registers its own Node (NodeRestriction
+/// lets it set taints only here, at creation); an admin may create any.
+fn create(s: &mut State, role: &Role, user: &str, body: &[u8]) -> (u16, Value) {
+    let Ok(mut node) = serde_json::from_slice::<Value>(body) else {
+        return status(400, "BadRequest", "the body is not JSON".into(), None);
+    };
+    let Some(name) = node
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+    else {
+        return status(
+            422,
+            "Invalid",
+            "Node \"\" is invalid: metadata.name: Required value: name is required".into(),
+            None,
+        );
+    };
+    if let Some(denied) = authorize(role, user, "create", "nodes", &name) {
+        return status(403, "Forbidden", denied, Some(&name));
+    }
+    if matches!(role, Role::Untainter { .. }) {
+        // Its ClusterRole grants get and patch only.
+        return status(
+            403,
+            "Forbidden",
+            format!(
+                "nodes is forbidden: User \"{user}\" cannot create resource \"nodes\" in API \
+                 group \"\" at the cluster scope"
+            ),
+            None,
+        );
+    }
+    if s.nodes.contains_key(&name) {
+        return status(
+            409,
+            "AlreadyExists",
+            format!("nodes \"{name}\" already exists"),
+            Some(&name),
+        );
+    }
+    if let Some(invalid) = validate(&name, &node) {
+        return status(422, "Invalid", invalid, Some(&name));
+    }
+    node["metadata"]["uid"] = format!("uid-{name}").into();
+    node["metadata"]["creationTimestamp"] = "2025-01-01T00:00:00Z".into();
+    s.bump(&mut node);
+    s.nodes.insert(name, node.clone());
+    (201, node)
 }
 
 /// RBAC and the Node authorizer.
