@@ -19,19 +19,28 @@
 #    that cloud-init/kubelet-bootstrap.yaml lists, reached from the guest as
 #    10.0.2.100:5000 through QEMU's guestfwd and nothing else
 #    (restrict=on);
-# 5. a NoCloud `cidata` seed carrying that cloud-init example, adapted only
+# 5. the fake Kubernetes API server (testbed-kubeapi) on the host's
+#    loopback, reached from the guest as k8s-api.example.internal
+#    (10.0.2.101:6443) through another guestfwd;
+# 6. a NoCloud `cidata` seed carrying that cloud-init example, adapted only
 #    where a site fills in its own values: a hosts.toml that sends
-#    registry.example.internal to 10.0.2.100:5000 over plain HTTP, and a
-#    throwaway cluster CA in place of the placeholders (the untaint
-#    credential must load for `register` to write the taint; no API server
-#    answers in the VM, which `register` tolerates within its bound).
+#    registry.example.internal to 10.0.2.100:5000 over plain HTTP, an
+#    /etc/hosts line for the API server, its CA in place of the CA
+#    placeholders, and its tokens in place of the untaint and bootstrap
+#    token placeholders.
 #
 # The stand-in kubelet checks, when systemd starts it, that prewarm.service
 # has already finished, that the kubelet taint drop-in is in place, that
 # CRI sees every listed image (`prewarm status`) and that the journal holds
-# prewarm's summary line once; it prints PREWARM-VM: PASS or FAIL to the
-# console. The host polls the serial log for that line, bounded by
-# $PREWARM_VM_TIMEOUT seconds (default 900), then stops QEMU by PID.
+# prewarm's summary line once; then it registers the Node with the taints
+# of kubelet's config and drop-ins, as kubelet does. The package's
+# prewarm-untaint.service then runs; prewarm-vm-verdict.service, after it,
+# checks that it succeeded and that the Node no longer has the taint, and
+# prints PREWARM-VM: PASS or FAIL to the console. The host polls the serial
+# log for that line, bounded by $PREWARM_VM_TIMEOUT seconds (default 900),
+# stops QEMU by PID, and checks the API server's own record: the Node
+# registered with the taint by the kubelet, and the taint removed by the
+# untaint principal.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -111,11 +120,12 @@ initrd=$(ls "$base"/root/boot/initrd.img-* | sort -V | tail -1)
 
 # --- per run ------------------------------------------------------------------
 work=$(mktemp -d /tmp/prewarm-vm.XXXXXX)
-qemu_pid='' registry_pid='' mounted=''
+qemu_pid='' registry_pid='' api_pid='' mounted=''
 cleanup() {
   set +e
   [[ -n $qemu_pid ]] && kill "$qemu_pid" 2>/dev/null && wait "$qemu_pid" 2>/dev/null
   [[ -n $registry_pid ]] && kill "$registry_pid" 2>/dev/null && wait "$registry_pid" 2>/dev/null
+  [[ -n $api_pid ]] && kill "$api_pid" 2>/dev/null && wait "$api_pid" 2>/dev/null
   [[ -n $mounted ]] && umount "$work/merged"
   if [[ -n ${PREWARM_VM_KEEP:-} ]]; then
     say "kept $work"
@@ -141,7 +151,7 @@ for r in $refs; do
   names+=("${r#registry.example.internal/}")
 done
 say "building testbed-registry and pushing ${names[*]}"
-cargo build -q --locked -p testbed --bin testbed-registry
+cargo build -q --locked -p testbed --bin testbed-registry --bin testbed-kubeapi
 target/debug/testbed-registry "$work/reg" "$work/registry.json" "${names[@]}" 2>"$work/registry.log" &
 registry_pid=$!
 for _ in $(seq 1 1200); do
@@ -152,6 +162,31 @@ done
 [[ -f $work/registry.json ]] || die "testbed-registry not ready after 120s"
 reg_addr=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["addr"])' "$work/registry.json")
 say "registry on $reg_addr"
+
+# The API server the example's kubeconfigs name, on the host's loopback.
+# The guest's hostname (meta-data below) is the Node's name; the taint key
+# is the example's [handoff] taint-key, else prewarm's default.
+node_name=prewarm-vm
+api_host=k8s-api.example.internal
+taint_key=$(python3 - "$example" <<'EOF'
+import sys, tomllib, yaml
+doc = yaml.safe_load(open(sys.argv[1]))
+site = next(f for f in doc["write_files"] if f["path"] == "/etc/prewarm/config.d/50-site.toml")
+print(tomllib.loads(site["content"]).get("handoff", {}).get(
+    "taint-key", "startup-taint.cluster-autoscaler.kubernetes.io/prewarm"))
+EOF
+)
+target/debug/testbed-kubeapi "$work/api" "$work/api.json" "$work/api-state.json" \
+  "$node_name" "$taint_key" "$api_host" 2>"$work/api.log" &
+api_pid=$!
+for _ in $(seq 1 300); do
+  [[ -f $work/api.json ]] && break
+  kill -0 "$api_pid" 2>/dev/null || { cat "$work/api.log" >&2; die "testbed-kubeapi exited"; }
+  sleep 0.1
+done
+[[ -f $work/api.json ]] || die "testbed-kubeapi not ready after 30s"
+api_addr=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["addr"])' "$work/api.json")
+say "API server on $api_addr, taint key $taint_key"
 
 # The node's disk: the base root plus the package, installed by dpkg inside.
 mkdir -p "$work/upper" "$work/ovl" "$work/merged"
@@ -165,10 +200,13 @@ for u in prewarm.service prewarm-untaint.service; do
   [[ -L $m/etc/systemd/system/multi-user.target.wants/$u ]] || die "postinst did not enable $u"
 done
 # The stand-in kubelet: ordered by prewarm.service's Before=kubelet.service
-# only, like the real one.
+# only, like the real one. The verdict runs after prewarm-untaint.service.
 install -m 755 "$repo/scripts/vm/kubelet-standin" "$m/usr/local/sbin/kubelet-standin"
-install -m 644 "$repo/scripts/vm/kubelet.service" "$m/etc/systemd/system/kubelet.service"
-ln -sf /etc/systemd/system/kubelet.service "$m/etc/systemd/system/multi-user.target.wants/kubelet.service"
+install -m 755 "$repo/scripts/vm/prewarm-vm-verdict" "$m/usr/local/sbin/prewarm-vm-verdict"
+for u in kubelet.service prewarm-vm-verdict.service; do
+  install -m 644 "$repo/scripts/vm/$u" "$m/etc/systemd/system/$u"
+  ln -sf "/etc/systemd/system/$u" "$m/etc/systemd/system/multi-user.target.wants/$u"
+done
 rm -f "$m/etc/systemd/system/getty.target.wants/getty@tty1.service"
 python3 -c 'import uuid; print(uuid.uuid4().hex)' >"$m/etc/machine-id"
 sync
@@ -179,20 +217,26 @@ mkfs.ext4 -q -F -L root -d "$m" "$work/disk.img"
 umount "$m"
 mounted=''
 
-# The NoCloud seed: the example, plus where registry.example.internal is
-# and a cluster CA.
+# The NoCloud seed: the example, plus where registry.example.internal and
+# the API server are, the API server's CA and its tokens.
 mkdir -p "$work/seed"
-openssl req -x509 -newkey rsa:2048 -nodes -keyout "$work/ca.key" -out "$work/ca.pem" \
-  -days 2 -subj /CN=prewarm-vm-test-ca 2>/dev/null
-python3 - "$example" "$work/seed/user-data" "$work/ca.pem" <<'EOF'
-import base64, sys, yaml
+python3 - "$example" "$work/seed/user-data" "$work/api.json" "$api_host" <<'EOF'
+import base64, json, sys, yaml
 doc = yaml.safe_load(open(sys.argv[1]).read())
-pem = open(sys.argv[3]).read()
+api = json.load(open(sys.argv[3]))
+pem = open(api["ca"]).read()
 for f in doc["write_files"]:
-    f["content"] = f["content"].replace(
-        "REPLACE-WITH-THE-BASE64-CLUSTER-CA", base64.b64encode(pem.encode()).decode())
+    f["content"] = (f["content"]
+        .replace("REPLACE-WITH-THE-BASE64-CLUSTER-CA", base64.b64encode(pem.encode()).decode())
+        .replace("REPLACE-WITH-THE-PREWARM-UNTAINT-SERVICEACCOUNT-TOKEN", api["untaint_token"])
+        .replace("REPLACE.WITH-A-BOOTSTRAP-TOKEN", api["kubelet_token"]))
     if f["path"] == "/etc/kubernetes/pki/ca.crt":
         f["content"] = pem
+doc["write_files"].append({
+    "path": "/etc/hosts",
+    "append": True,
+    "content": f"10.0.2.101 {sys.argv[4]}\n",
+})
 doc["write_files"].append({
     "path": "/etc/containerd/certs.d/registry.example.internal/hosts.toml",
     "permissions": "0644",
@@ -202,7 +246,7 @@ with open(sys.argv[2], "w") as f:
     f.write("#cloud-config\n")
     yaml.safe_dump(doc, f, sort_keys=False)
 EOF
-printf 'instance-id: prewarm-vm-%s\nlocal-hostname: prewarm-vm\n' "$(date +%s)" >"$work/seed/meta-data"
+printf 'instance-id: prewarm-vm-%s\nlocal-hostname: %s\n' "$(date +%s)" "$node_name" >"$work/seed/meta-data"
 cloud-init schema --config-file "$work/seed/user-data" >/dev/null || die "adapted user-data is not valid"
 genisoimage -quiet -output "$work/seed.iso" -volid cidata -joliet -rock "$work/seed/user-data" "$work/seed/meta-data"
 
@@ -218,7 +262,7 @@ LD_LIBRARY_PATH=$qemu_libs "$qemu" \
   -append "root=/dev/vda rw console=ttyS0 net.ifnames=0 panic=-1 systemd.show_status=1" \
   -drive "file=$work/disk.img,if=virtio,format=raw" \
   -drive "file=$work/seed.iso,if=virtio,format=raw,readonly=on" \
-  -netdev "user,id=n0,restrict=on,guestfwd=tcp:10.0.2.100:5000-cmd:socat - TCP:$reg_addr" \
+  -netdev "user,id=n0,restrict=on,guestfwd=tcp:10.0.2.100:5000-cmd:socat - TCP:$reg_addr,guestfwd=tcp:10.0.2.101:6443-cmd:socat - TCP:$api_addr" \
   -device virtio-net-pci,netdev=n0,romfile= \
   -serial "file:$serial" -no-reboot \
   >"$work/qemu.log" 2>&1 &
@@ -241,8 +285,46 @@ cp "$serial" target/vm-boot-test/serial.log
 echo "--- guest report (serial console)" >&2
 grep -a 'PREWARM-VM' "$serial" | tr -d '\r' >&2 || true
 say "serial log: target/vm-boot-test/serial.log"
+# The API server's own record, written when it stops.
+api_record() {
+  kill "$api_pid" 2>/dev/null
+  wait "$api_pid" 2>/dev/null
+  api_pid=''
+  python3 - "$work/api-state.json" "$node_name" "$taint_key" <<'EOF'
+import json, sys
+state = json.load(open(sys.argv[1]))
+name, key = sys.argv[2], sys.argv[3]
+node = state["node"]
+reqs = state["requests"]
+def show(r): return f'{r["method"]} {r["path"]} {r["user"]} -> {r["status"]}'
+for r in reqs:
+    print("api log:", show(r), file=sys.stderr)
+created = [r for r in reqs if r["method"] == "POST" and r["status"] == 201
+           and r["user"] == f"system:node:{name}"
+           and any(t.get("key") == key for t in ((r["body"] or {}).get("spec") or {}).get("taints") or [])]
+patched = [r for r in reqs if r["method"] == "PATCH" and r["status"] == 200
+           and r["path"] == f"/api/v1/nodes/{name}" and "prewarm-untaint" in (r["user"] or "")]
+problems = []
+if node is None:
+    problems.append(f"no Node {name} was registered")
+elif any(t.get("key") == key for t in node.get("spec", {}).get("taints") or []):
+    problems.append(f"Node {name} still has {key}")
+if not created:
+    problems.append(f"the kubelet did not register the Node with {key}")
+if not patched:
+    problems.append("the untaint principal never patched the Node")
+for p in problems:
+    print("api record:", p, file=sys.stderr)
+sys.exit(1 if problems else 0)
+EOF
+}
+
 case "$verdict" in
-  "PREWARM-VM: PASS"*) say "PASS after ${boot_secs}s of boot"; exit 0 ;;
+  "PREWARM-VM: PASS"*)
+    api_record || die "guest says PASS, but the API server's record disagrees"
+    say "PASS after ${boot_secs}s of boot"
+    exit 0
+    ;;
   "PREWARM-VM: FAIL"*) die "guest says: $verdict" ;;
   *)
     tail -40 "$serial" | tr -d '\r' >&2
