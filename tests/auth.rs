@@ -212,4 +212,11 @@ async fn pulls_with_a_credential_helper() {
         reason.contains("docker-credential-prewarm-absent") && reason.contains("auth.json"),
         "{reason}"
     );
+    // It was said at the start, before any pull.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("credential helper not found on PATH")
+            && stderr.contains("docker-credential-prewarm-absent"),
+        "{stderr}"
+    );
 }

@@ -129,6 +129,16 @@ impl Credentials {
             )?),
             _ => None,
         };
+        for name in helpers.iter().map(|h| &h.2).chain(&store) {
+            let program = format!("docker-credential-{name}");
+            if !on_path(&program) {
+                tracing::warn!(
+                    file = %path.display(),
+                    %program,
+                    "credential helper not found on PATH; pulls from its registries will fail"
+                );
+            }
+        }
         Ok(Self {
             file: path.to_path_buf(),
             entries,
@@ -246,6 +256,17 @@ fn helper_name(path: &Path, key: &str, value: &serde_json::Value) -> Result<Stri
             format!("key {key}: a credential helper name (docker-credential-<name> on PATH) must be a non-empty string without '/', got {value}"),
         )),
     }
+}
+
+/// Whether `program` is an executable file in a `PATH` directory.
+fn on_path(program: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| {
+            std::fs::metadata(dir.join(program))
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+    })
 }
 
 /// What a helper prints for `get`.
