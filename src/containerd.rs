@@ -13,6 +13,7 @@ use containerd_client::services::v1::leases_client::LeasesClient;
 use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
 use containerd_client::services::v1::snapshots::{
     CommitSnapshotRequest, PrepareSnapshotRequest, RemoveSnapshotRequest, StatSnapshotRequest,
+    UsageRequest,
 };
 use containerd_client::services::v1::{
     AbortRequest, ApplyRequest, CreateImageRequest, CreateRequest, DeleteImageRequest,
@@ -338,6 +339,16 @@ impl Containerd {
         snapshotter: &str,
         key: &str,
     ) -> Result<bool, ContainerdError> {
+        Ok(self.snapshot_parent(snapshotter, key).await?.is_some())
+    }
+
+    /// The parent of snapshot `key` (empty for a base layer), or `None`
+    /// when there is no such snapshot.
+    pub async fn snapshot_parent(
+        &self,
+        snapshotter: &str,
+        key: &str,
+    ) -> Result<Option<String>, ContainerdError> {
         match SnapshotsClient::new(self.channel())
             .stat(self.req(
                 StatSnapshotRequest {
@@ -348,10 +359,31 @@ impl Containerd {
             ))
             .await
         {
-            Ok(_) => Ok(true),
-            Err(s) if s.code() == Code::NotFound => Ok(false),
+            Ok(r) => Ok(Some(
+                r.into_inner().info.map(|i| i.parent).unwrap_or_default(),
+            )),
+            Err(s) if s.code() == Code::NotFound => Ok(None),
             Err(s) => Err(ContainerdError::call("stat snapshot", key)(s)),
         }
+    }
+
+    /// Disk bytes snapshot `key` holds by itself (not its parents).
+    pub async fn snapshot_usage(
+        &self,
+        snapshotter: &str,
+        key: &str,
+    ) -> Result<u64, ContainerdError> {
+        let r = SnapshotsClient::new(self.channel())
+            .usage(self.req(
+                UsageRequest {
+                    snapshotter: snapshotter.to_string(),
+                    key: key.to_string(),
+                },
+                None,
+            ))
+            .await
+            .map_err(ContainerdError::call("reading snapshot usage", key))?;
+        Ok(r.into_inner().size.max(0) as u64)
     }
 
     /// Unpacks one layer on `parent` into the committed snapshot `chain_id`.

@@ -177,6 +177,10 @@ pub struct GcReport {
     pub kept: Vec<Group>,
     /// Content bytes referenced only by the removed images.
     pub freed_bytes: u64,
+    /// Disk bytes of the unpacked layers (snapshots) only the removed
+    /// images use.
+    #[serde(default)]
+    pub freed_snapshot_bytes: u64,
 }
 
 /// How far a pass goes.
@@ -226,7 +230,8 @@ pub async fn run(
             .map(|r| r.target.as_str())
             .filter(|t| !going.contains(t))
             .collect::<HashSet<_>>();
-        report.freed_bytes = freed_bytes(c, &going, &staying).await?;
+        (report.freed_bytes, report.freed_snapshot_bytes) =
+            freed_bytes(c, &going, &staying).await?;
     }
     let remove: Vec<&String> = groups.iter().flat_map(|g| g.remove()).collect();
     let unpin: Vec<&String> = groups
@@ -265,43 +270,80 @@ pub async fn run(
     Ok((groups, report))
 }
 
-/// Content bytes reachable from `going` targets and from no `staying` one,
-/// following the `containerd.io/gc.ref.content.*` labels.
+/// (content bytes, snapshot bytes) reachable from `going` targets and from
+/// no `staying` one, as containerd's collector walks them: content through
+/// the `containerd.io/gc.ref.content.*` labels, the unpacked layers through
+/// a config's `containerd.io/gc.ref.snapshot.<snapshotter>` label and each
+/// snapshot's parent.
 async fn freed_bytes(
     c: &Containerd,
     going: &HashSet<&str>,
     staying: &HashSet<&str>,
-) -> Result<u64, ContainerdError> {
+) -> Result<(u64, u64), ContainerdError> {
     if going.is_empty() {
-        return Ok(0);
+        return Ok((0, 0));
     }
     let mut sizes = HashMap::new();
     let gone = reachable(c, going.iter().copied(), &mut sizes).await?;
     let kept = reachable(c, staying.iter().copied(), &mut sizes).await?;
-    Ok(gone
+    let content = gone
         .difference(&kept)
-        .map(|d| sizes.get(d).copied().unwrap_or(0))
-        .sum())
+        .filter_map(|n| match n {
+            Node::Content(d) => sizes.get(d).copied(),
+            Node::Snapshot(..) => None,
+        })
+        .sum();
+    let mut snapshots = 0;
+    for n in gone.difference(&kept) {
+        if let Node::Snapshot(snapshotter, key) = n {
+            snapshots += c.snapshot_usage(snapshotter, key).await?;
+        }
+    }
+    Ok((content, snapshots))
+}
+
+/// What containerd's collector follows from an image record.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Node {
+    /// A blob, by digest.
+    Content(String),
+    /// A snapshot: (snapshotter, key).
+    Snapshot(String, String),
 }
 
 async fn reachable<'a>(
     c: &Containerd,
     roots: impl Iterator<Item = &'a str>,
     sizes: &mut HashMap<String, u64>,
-) -> Result<HashSet<String>, ContainerdError> {
+) -> Result<HashSet<Node>, ContainerdError> {
+    const SNAPSHOT_REF: &str = "containerd.io/gc.ref.snapshot.";
     let mut seen = HashSet::new();
-    let mut todo: Vec<String> = roots.map(str::to_string).collect();
-    while let Some(d) = todo.pop() {
-        if !seen.insert(d.clone()) {
+    let mut todo: Vec<Node> = roots.map(|d| Node::Content(d.to_string())).collect();
+    while let Some(n) = todo.pop() {
+        if !seen.insert(n.clone()) {
             continue;
         }
-        let Some(info) = c.content_info(&d).await? else {
-            continue;
-        };
-        sizes.insert(d, info.size.max(0) as u64);
-        for (k, v) in &info.labels {
-            if k.starts_with("containerd.io/gc.ref.content") {
-                todo.push(v.clone());
+        match n {
+            Node::Content(d) => {
+                let Some(info) = c.content_info(&d).await? else {
+                    continue;
+                };
+                sizes.insert(d, info.size.max(0) as u64);
+                for (k, v) in &info.labels {
+                    if k.starts_with("containerd.io/gc.ref.content") {
+                        todo.push(Node::Content(v.clone()));
+                    } else if let Some(snapshotter) = k.strip_prefix(SNAPSHOT_REF) {
+                        todo.push(Node::Snapshot(snapshotter.to_string(), v.clone()));
+                    }
+                }
+            }
+            Node::Snapshot(snapshotter, key) => {
+                match c.snapshot_parent(&snapshotter, &key).await? {
+                    Some(parent) if !parent.is_empty() => {
+                        todo.push(Node::Snapshot(snapshotter, parent));
+                    }
+                    _ => {}
+                }
             }
         }
     }

@@ -282,7 +282,7 @@ async fn gc(settings: Settings, apply: bool) -> anyhow::Result<Exit> {
         }
     }
     println!(
-        "{}: {} image records removed, {} unpinned, {} bytes of content freed",
+        "{}: {} image records removed, {} unpinned, {} bytes of content and {} bytes of unpacked layers freed",
         if apply {
             "gc applied"
         } else {
@@ -294,7 +294,8 @@ async fn gc(settings: Settings, apply: bool) -> anyhow::Result<Exit> {
             groups.iter().map(|g| g.remove().len()).sum()
         },
         report.unpinned.len(),
-        report.freed_bytes
+        report.freed_bytes,
+        report.freed_snapshot_bytes
     );
     Ok(Exit::Ok)
 }

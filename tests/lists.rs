@@ -364,6 +364,17 @@ async fn gc_removes_only_delisted_prewarm_images_and_unpins() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
     assert!(freed >= gone.manifests[0].compressed_size, "{dry}");
+    // The unpacked layer it alone uses: its 96 KiB file and the directories.
+    let unpacked: u64 = dry
+        .split(" bytes of unpacked layers")
+        .next()
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        (96 << 10..4 << 20).contains(&unpacked),
+        "unpacked bytes {unpacked}: {dry}"
+    );
     assert!(client.image_get(&gone.reference).await.unwrap().is_some());
 
     let out = env.prewarm(&["gc", "--apply", "--config", config]);
