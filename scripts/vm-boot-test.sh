@@ -3,6 +3,12 @@
 # a node boots, and reads the verdict from the serial console.
 #
 #   scripts/vm-boot-test.sh [PREWARM.deb]
+#   PREWARM_VM_VARIANT=alongside scripts/vm-boot-test.sh [PREWARM.deb]
+#
+# The variant "before" (default) boots the units as the package ships them:
+# the whole pull before kubelet. "alongside" also installs the package's
+# examples/alongside.conf drop-in, as its comment says, so kubelet starts
+# once the taint is written while the pull goes on.
 #
 # Without an argument target/packages/prewarm_*_amd64.deb is used (build it
 # with scripts/build-packages.sh). Needs root, loopback only:
@@ -47,6 +53,8 @@ repo=$PWD
 
 cache=${PREWARM_VM_CACHE:-/var/cache/prewarm-vm}
 timeout=${PREWARM_VM_TIMEOUT:-900}
+variant=${PREWARM_VM_VARIANT:-before}
+[[ $variant == before || $variant == alongside ]] || { echo "PREWARM_VM_VARIANT must be before or alongside" >&2; exit 2; }
 mirror=$(sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -1)
 mirror=${PREWARM_VM_MIRROR:-${mirror:-http://deb.debian.org/debian}}
 suite=bookworm
@@ -203,6 +211,13 @@ done
 # only, like the real one. The verdict runs after prewarm-untaint.service.
 install -m 755 "$repo/scripts/vm/kubelet-standin" "$m/usr/local/sbin/kubelet-standin"
 install -m 755 "$repo/scripts/vm/prewarm-vm-verdict" "$m/usr/local/sbin/prewarm-vm-verdict"
+install -D -m 644 "$repo/scripts/vm/prewarm-vm-lib.sh" "$m/usr/local/lib/prewarm-vm/lib.sh"
+install -D -m 644 /dev/null "$m/etc/prewarm-vm/variant"
+echo "$variant" >"$m/etc/prewarm-vm/variant"
+if [[ $variant == alongside ]]; then
+  install -D -m 644 "$m/usr/share/doc/prewarm/examples/alongside.conf" \
+    "$m/etc/systemd/system/prewarm.service.d/alongside.conf"
+fi
 for u in kubelet.service prewarm-vm-verdict.service; do
   install -m 644 "$repo/scripts/vm/$u" "$m/etc/systemd/system/$u"
   ln -sf "/etc/systemd/system/$u" "$m/etc/systemd/system/multi-user.target.wants/$u"
@@ -252,7 +267,7 @@ genisoimage -quiet -output "$work/seed.iso" -volid cidata -joliet -rock "$work/s
 
 # Boot.
 serial=$work/serial.log
-say "booting $(basename "$kernel") (TCG)"
+say "booting $(basename "$kernel") (TCG), variant $variant"
 boot_start=$(date +%s)
 LD_LIBRARY_PATH=$qemu_libs "$qemu" \
   -L "$qemu_dir/usr/share/seabios" -L "$qemu_dir/usr/share/qemu" -L "$qemu_dir/usr/lib/ipxe/qemu" \
@@ -281,10 +296,10 @@ while (($(date +%s) < deadline)); do
 done
 boot_secs=$(($(date +%s) - boot_start))
 mkdir -p target/vm-boot-test
-cp "$serial" target/vm-boot-test/serial.log
+cp "$serial" "target/vm-boot-test/serial-$variant.log"
 echo "--- guest report (serial console)" >&2
 grep -a 'PREWARM-VM' "$serial" | tr -d '\r' >&2 || true
-say "serial log: target/vm-boot-test/serial.log"
+say "serial log: target/vm-boot-test/serial-$variant.log"
 # The API server's own record, written when it stops.
 api_record() {
   kill "$api_pid" 2>/dev/null
