@@ -4,13 +4,19 @@
 #
 #   scripts/vm-boot-test.sh [PREWARM.deb]
 #   PREWARM_VM_VARIANT=alongside scripts/vm-boot-test.sh [PREWARM.deb]
+#   PREWARM_VM_PACKAGE=rpm scripts/vm-boot-test.sh [PREWARM.rpm]
 #
 # The variant "before" (default) boots the units as the package ships them:
 # the whole pull before kubelet. "alongside" also installs the package's
 # examples/alongside.conf drop-in, as its comment says, so kubelet starts
 # once the taint is written while the pull goes on.
 #
-# Without an argument target/packages/prewarm_*_amd64.deb is used (build it
+# PREWARM_VM_PACKAGE=rpm installs the .rpm instead, with `rpm --root` (its
+# scriptlets run chrooted in the guest root): it is installed, checked,
+# erased, checked again, and installed for the boot.
+#
+# Without an argument target/packages/prewarm_*_amd64.deb (or
+# prewarm-*.x86_64.rpm) is used (build it
 # with scripts/build-packages.sh). Needs root, loopback only:
 #
 # 1. a root file system from `debootstrap --variant=minbase` (systemd,
@@ -64,9 +70,14 @@ t0=$(date +%s)
 say() { echo "vm-boot-test: [$(($(date +%s) - t0))s] $*" >&2; }
 die() { say "FAIL: $*"; exit 1; }
 
-deb=${1:-$(ls -t target/packages/prewarm_*_amd64.deb 2>/dev/null | head -1)}
-[[ -f $deb ]] || die "no .deb given and none in target/packages (run scripts/build-packages.sh)"
-deb=$(realpath "$deb")
+package=${PREWARM_VM_PACKAGE:-deb}
+case $package in
+  deb) pkg=${1:-$(ls -t target/packages/prewarm_*_amd64.deb 2>/dev/null | head -1)} ;;
+  rpm) pkg=${1:-$(ls -t target/packages/prewarm-*.x86_64.rpm 2>/dev/null | head -1)} ;;
+  *) die "PREWARM_VM_PACKAGE must be deb or rpm" ;;
+esac
+[[ -f $pkg ]] || die "no .$package given and none in target/packages (run scripts/build-packages.sh)"
+pkg=$(realpath "$pkg")
 [[ $(id -u) == 0 ]] || die "needs root (debootstrap, chroot, mounts)"
 
 need=(debootstrap genisoimage socat e2fsprogs python3-yaml)
@@ -196,17 +207,40 @@ done
 api_addr=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["addr"])' "$work/api.json")
 say "API server on $api_addr, taint key $taint_key"
 
-# The node's disk: the base root plus the package, installed by dpkg inside.
+# The node's disk: the base root plus the package, installed inside by its
+# own tool, so that its maintainer scripts run.
 mkdir -p "$work/upper" "$work/ovl" "$work/merged"
 mount -t overlay overlay -o "lowerdir=$base/root,upperdir=$work/upper,workdir=$work/ovl" "$work/merged"
 mounted=1
 m=$work/merged
-cp "$deb" "$m/tmp/prewarm.deb"
-chroot "$m" dpkg -i /tmp/prewarm.deb >"$work/dpkg.log" 2>&1 || { cat "$work/dpkg.log" >&2; die "dpkg -i failed in the guest root"; }
-rm "$m/tmp/prewarm.deb"
-for u in prewarm.service prewarm-untaint.service; do
-  [[ -L $m/etc/systemd/system/multi-user.target.wants/$u ]] || die "postinst did not enable $u"
-done
+units=(prewarm.service prewarm-untaint.service)
+enabled() {
+  for u in "${units[@]}"; do
+    [[ -L $m/etc/systemd/system/multi-user.target.wants/$u ]] || return 1
+  done
+}
+if [[ $package == deb ]]; then
+  cp "$pkg" "$m/tmp/prewarm.deb"
+  chroot "$m" dpkg -i /tmp/prewarm.deb >"$work/install.log" 2>&1 || { cat "$work/install.log" >&2; die "dpkg -i failed in the guest root"; }
+  rm "$m/tmp/prewarm.deb"
+  enabled || die "postinst did not enable ${units[*]}"
+else
+  rpm_in() { rpm --root "$m" --dbpath /var/lib/rpm "$@" >>"$work/install.log" 2>&1; }
+  rpm_in --initdb || die "rpm --initdb failed"
+  # Debian's root has no rpm database of what it holds: --nodeps.
+  rpm_in -i --nodeps "$pkg" || { cat "$work/install.log" >&2; die "rpm -i failed in the guest root"; }
+  enabled || die "%post did not enable ${units[*]}"
+  [[ -x $m/usr/bin/prewarm && -f $m/etc/prewarm/config.d/40-local.toml ]] || die "rpm -i left files out"
+  rpm_in -e prewarm || { cat "$work/install.log" >&2; die "rpm -e failed in the guest root"; }
+  for u in "${units[@]}"; do
+    [[ ! -e $m/etc/systemd/system/multi-user.target.wants/$u ]] || die "%preun did not disable $u"
+    [[ ! -e $m/usr/lib/systemd/system/$u ]] || die "rpm -e left $u"
+  done
+  [[ ! -e $m/usr/bin/prewarm ]] || die "rpm -e left /usr/bin/prewarm"
+  rpm_in -i --nodeps "$pkg" || { cat "$work/install.log" >&2; die "rpm -i (again) failed"; }
+  enabled || die "%post did not enable ${units[*]} on the second install"
+  say "rpm: installed, erased and installed again in the guest root; scriptlets ran"
+fi
 # The stand-in kubelet: ordered by prewarm.service's Before=kubelet.service
 # only, like the real one. The verdict runs after prewarm-untaint.service.
 install -m 755 "$repo/scripts/vm/kubelet-standin" "$m/usr/local/sbin/kubelet-standin"
@@ -267,7 +301,7 @@ genisoimage -quiet -output "$work/seed.iso" -volid cidata -joliet -rock "$work/s
 
 # Boot.
 serial=$work/serial.log
-say "booting $(basename "$kernel") (TCG), variant $variant"
+say "booting $(basename "$kernel") (TCG), variant $variant, from the .$package"
 boot_start=$(date +%s)
 LD_LIBRARY_PATH=$qemu_libs "$qemu" \
   -L "$qemu_dir/usr/share/seabios" -L "$qemu_dir/usr/share/qemu" -L "$qemu_dir/usr/lib/ipxe/qemu" \
@@ -296,10 +330,10 @@ while (($(date +%s) < deadline)); do
 done
 boot_secs=$(($(date +%s) - boot_start))
 mkdir -p target/vm-boot-test
-cp "$serial" "target/vm-boot-test/serial-$variant.log"
+cp "$serial" "target/vm-boot-test/serial-$package-$variant.log"
 echo "--- guest report (serial console)" >&2
 grep -a 'PREWARM-VM' "$serial" | tr -d '\r' >&2 || true
-say "serial log: target/vm-boot-test/serial-$variant.log"
+say "serial log: target/vm-boot-test/serial-$package-$variant.log"
 # The API server's own record, written when it stops.
 api_record() {
   kill "$api_pid" 2>/dev/null
