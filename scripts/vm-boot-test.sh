@@ -39,7 +39,9 @@
 #    registry.example.internal to 10.0.2.100:5000 over plain HTTP, an
 #    /etc/hosts line for the API server, its CA in place of the CA
 #    placeholders, and its tokens in place of the untaint and bootstrap
-#    token placeholders.
+#    token placeholders; plus one fragment with an IO cap (write-bandwidth
+#    8MiB/s, write-iops 4000), which prewarm-vm-iowatch.service watches
+#    arrive on containerd's cgroup v2 io.max (through systemd) and leave.
 #
 # The stand-in kubelet checks, when systemd starts it, that prewarm.service
 # has already finished, that the kubelet taint drop-in is in place, that
@@ -252,7 +254,8 @@ if [[ $variant == alongside ]]; then
   install -D -m 644 "$m/usr/share/doc/prewarm/examples/alongside.conf" \
     "$m/etc/systemd/system/prewarm.service.d/alongside.conf"
 fi
-for u in kubelet.service prewarm-vm-verdict.service; do
+install -m 755 "$repo/scripts/vm/prewarm-vm-iowatch" "$m/usr/local/sbin/prewarm-vm-iowatch"
+for u in kubelet.service prewarm-vm-verdict.service prewarm-vm-iowatch.service; do
   install -m 644 "$repo/scripts/vm/$u" "$m/etc/systemd/system/$u"
   ln -sf "/etc/systemd/system/$u" "$m/etc/systemd/system/multi-user.target.wants/$u"
 done
@@ -281,6 +284,13 @@ for f in doc["write_files"]:
         .replace("REPLACE.WITH-A-BOOTSTRAP-TOKEN", api["kubelet_token"]))
     if f["path"] == "/etc/kubernetes/pki/ca.crt":
         f["content"] = pem
+# An IO cap, so that the boot exercises it on cgroup v2 through systemd;
+# prewarm-vm-iowatch records what containerd's io.max holds meanwhile.
+doc["write_files"].append({
+    "path": "/etc/prewarm/config.d/60-vm-io-cap.toml",
+    "permissions": "0644",
+    "content": 'version = 1\n[throttle]\nwrite-bandwidth = "8MiB/s"\nwrite-iops = 4000\n',
+})
 doc["write_files"].append({
     "path": "/etc/hosts",
     "append": True,
