@@ -99,3 +99,27 @@ fn fragments_merge_in_directory_order() {
     assert_eq!(code, 2);
     assert!(stderr.contains("40-broken.toml"), "{stderr}");
 }
+
+/// The full configuration the README shows is one prewarm accepts as it
+/// stands, so that operators can start from it.
+#[test]
+fn the_readme_configuration_is_accepted() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("reading README.md");
+    let full: Vec<&str> = readme
+        .split("```toml\n")
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .filter(|b| b.starts_with("version = 1"))
+        .collect();
+    assert!(!full.is_empty(), "README.md shows no full configuration");
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    for (i, text) in full.iter().enumerate() {
+        let file = dir.path().join(format!("readme-{i}.toml"));
+        std::fs::write(&file, text).unwrap();
+        let (code, out, err) = check_config(&root, Some(&file));
+        assert_eq!(code, 0, "README block {i}:\n{text}\n{out}{err}");
+    }
+}
