@@ -235,13 +235,20 @@ fn unit_timeouts_cover_the_pull_deadline() {
     // untaint: one run outlasts the handoff timeline, and the exit codes a
     // retry would only repeat are final.
     let p = "packaging/systemd/prewarm-untaint.service";
-    let each = unit_key(p, "TimeoutStartSec");
+    let each = unit_key(p, "RuntimeMaxSec");
     let timeline = s.handoff.deadline + s.handoff.give_up_after + slack;
     assert!(
         each >= timeline,
-        "{p}: TimeoutStartSec={each:?} < [handoff] deadline + give-up-after + {slack:?} = {timeline:?}"
+        "{p}: RuntimeMaxSec={each:?} < [handoff] deadline + give-up-after + {slack:?} = {timeline:?}"
     );
     let text = read(p);
+    // It waits for the Node in the background: a oneshot would hold up
+    // multi-user.target, and with it cloud-init's runcmd, where `kubeadm
+    // join` starts kubelet.
+    assert!(
+        text.lines().any(|l| l == "Type=simple"),
+        "{p} must be Type=simple"
+    );
     let prevent: Vec<&str> = text
         .lines()
         .find_map(|l| l.strip_prefix("RestartPreventExitStatus="))
