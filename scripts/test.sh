@@ -12,13 +12,14 @@ cargo test --workspace -- --test-threads="${PREWARM_TEST_THREADS:-2}"
 # lintian/rpmlint, systemd-analyze verify, cloud-init and Ignition
 # validation, the packages unpacked into throwaway roots.
 scripts/check-packaging.sh
-# Real boots in a QEMU VM: the .deb with the units as shipped and with the
-# alongside drop-in, and the .rpm (its scriptlets run by rpm --root). About
-# 1 minute each with the root image cached in /var/cache/prewarm-vm, 6 or
-# more from nothing (debootstrap), which does not fit CI's budget on a fresh
-# machine. Opt in with PREWARM_VM_TEST=1.
+# Real boots in a QEMU VM: the .deb with the units as shipped, with the
+# alongside drop-in, and with the kubeadm example; the .rpm (its scriptlets
+# run by rpm --root). About 1 minute each with the root image cached in
+# /var/cache/prewarm-vm, 6 or more from nothing (debootstrap), which does
+# not fit CI's budget on a fresh machine. Opt in with PREWARM_VM_TEST=1.
 if [[ ${PREWARM_VM_TEST:-0} == 1 ]]; then
   PREWARM_VM_PACKAGE=deb PREWARM_VM_VARIANT=before scripts/vm-boot-test.sh
   PREWARM_VM_PACKAGE=deb PREWARM_VM_VARIANT=alongside scripts/vm-boot-test.sh
+  PREWARM_VM_PACKAGE=deb PREWARM_VM_EXAMPLE=kubeadm scripts/vm-boot-test.sh
   PREWARM_VM_PACKAGE=rpm PREWARM_VM_VARIANT=before scripts/vm-boot-test.sh
 fi

@@ -5,6 +5,13 @@
 #   scripts/vm-boot-test.sh [PREWARM.deb]
 #   PREWARM_VM_VARIANT=alongside scripts/vm-boot-test.sh [PREWARM.deb]
 #   PREWARM_VM_PACKAGE=rpm scripts/vm-boot-test.sh [PREWARM.rpm]
+#   PREWARM_VM_EXAMPLE=kubeadm scripts/vm-boot-test.sh [PREWARM.deb]
+#
+# PREWARM_VM_EXAMPLE picks the cloud-init example the guest boots with:
+# cloud-init/kubelet-bootstrap.yaml (default; kubelet.service enabled in the
+# image) or cloud-init/kubeadm-join.yaml (kubelet started by `kubeadm join`
+# from runcmd, i.e. after multi-user.target; a stand-in kubeadm does what
+# the real one does for the kubelet).
 #
 # The variant "before" (default) boots the units as the package ships them:
 # the whole pull before kubelet. "alongside" also installs the package's
@@ -67,7 +74,12 @@ mirror=$(sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/debian.sources 2>/dev/nu
 mirror=${PREWARM_VM_MIRROR:-${mirror:-http://deb.debian.org/debian}}
 suite=bookworm
 include=systemd,systemd-sysv,linux-image-amd64,initramfs-tools,cloud-init,python3-cffi-backend,containerd,runc,ifupdown,isc-dhcp-client
-example=cloud-init/kubelet-bootstrap.yaml
+case ${PREWARM_VM_EXAMPLE:-bootstrap} in
+  bootstrap) example=cloud-init/kubelet-bootstrap.yaml ;;
+  kubeadm) example=cloud-init/kubeadm-join.yaml ;;
+  *) echo "PREWARM_VM_EXAMPLE must be bootstrap or kubeadm" >&2; exit 2 ;;
+esac
+flavour=${PREWARM_VM_EXAMPLE:-bootstrap}
 t0=$(date +%s)
 say() { echo "vm-boot-test: [$(($(date +%s) - t0))s] $*" >&2; }
 die() { say "FAIL: $*"; exit 1; }
@@ -248,8 +260,11 @@ fi
 install -m 755 "$repo/scripts/vm/kubelet-standin" "$m/usr/local/sbin/kubelet-standin"
 install -m 755 "$repo/scripts/vm/prewarm-vm-verdict" "$m/usr/local/sbin/prewarm-vm-verdict"
 install -D -m 644 "$repo/scripts/vm/prewarm-vm-lib.sh" "$m/usr/local/lib/prewarm-vm/lib.sh"
-install -D -m 644 /dev/null "$m/etc/prewarm-vm/variant"
+install -d -m 755 "$m/etc/prewarm-vm"
 echo "$variant" >"$m/etc/prewarm-vm/variant"
+echo "$taint_key" >"$m/etc/prewarm-vm/taint-key"
+# What kubeadm would read from the cluster-info ConfigMap.
+install -m 644 "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["ca"])' "$work/api.json")" "$m/etc/prewarm-vm/cluster-ca.pem"
 if [[ $variant == alongside ]]; then
   install -D -m 644 "$m/usr/share/doc/prewarm/examples/alongside.conf" \
     "$m/etc/systemd/system/prewarm.service.d/alongside.conf"
@@ -259,6 +274,11 @@ for u in kubelet.service prewarm-vm-verdict.service prewarm-vm-iowatch.service; 
   install -m 644 "$repo/scripts/vm/$u" "$m/etc/systemd/system/$u"
   ln -sf "/etc/systemd/system/$u" "$m/etc/systemd/system/multi-user.target.wants/$u"
 done
+if [[ $flavour == kubeadm ]]; then
+  # kubeadm join starts kubelet; the image does not.
+  rm "$m/etc/systemd/system/multi-user.target.wants/kubelet.service"
+  install -m 755 "$repo/scripts/vm/kubeadm-standin" "$m/usr/local/bin/kubeadm"
+fi
 rm -f "$m/etc/systemd/system/getty.target.wants/getty@tty1.service"
 python3 -c 'import uuid; print(uuid.uuid4().hex)' >"$m/etc/machine-id"
 sync
@@ -272,14 +292,19 @@ mounted=''
 # The NoCloud seed: the example, plus where registry.example.internal and
 # the API server are, the API server's CA and its tokens.
 mkdir -p "$work/seed"
-python3 - "$example" "$work/seed/user-data" "$work/api.json" "$api_host" <<'EOF'
+# kubeadm's discovery pin: the SHA-256 of the CA's public key (DER).
+ca_pem=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["ca"])' "$work/api.json")
+ca_hash=$(openssl x509 -in "$ca_pem" -pubkey -noout | openssl pkey -pubin -outform der | sha256sum | cut -d' ' -f1)
+python3 - "$example" "$work/seed/user-data" "$work/api.json" "$api_host" "$ca_hash" <<'EOF'
 import base64, json, sys, yaml
 doc = yaml.safe_load(open(sys.argv[1]).read())
 api = json.load(open(sys.argv[3]))
 pem = open(api["ca"]).read()
+ca_hash = sys.argv[5]
 for f in doc["write_files"]:
     f["content"] = (f["content"]
         .replace("REPLACE-WITH-THE-BASE64-CLUSTER-CA", base64.b64encode(pem.encode()).decode())
+        .replace("REPLACE-WITH-THE-CA-CERT-HASH", ca_hash)
         .replace("REPLACE-WITH-THE-PREWARM-UNTAINT-SERVICEACCOUNT-TOKEN", api["untaint_token"])
         .replace("REPLACE.WITH-A-BOOTSTRAP-TOKEN", api["kubelet_token"]))
     if f["path"] == "/etc/kubernetes/pki/ca.crt":
@@ -311,7 +336,7 @@ genisoimage -quiet -output "$work/seed.iso" -volid cidata -joliet -rock "$work/s
 
 # Boot.
 serial=$work/serial.log
-say "booting $(basename "$kernel") (TCG), variant $variant, from the .$package"
+say "booting $(basename "$kernel") (TCG): $flavour example, variant $variant, from the .$package"
 boot_start=$(date +%s)
 LD_LIBRARY_PATH=$qemu_libs "$qemu" \
   -L "$qemu_dir/usr/share/seabios" -L "$qemu_dir/usr/share/qemu" -L "$qemu_dir/usr/lib/ipxe/qemu" \
@@ -340,10 +365,10 @@ while (($(date +%s) < deadline)); do
 done
 boot_secs=$(($(date +%s) - boot_start))
 mkdir -p target/vm-boot-test
-cp "$serial" "target/vm-boot-test/serial-$package-$variant.log"
+cp "$serial" "target/vm-boot-test/serial-$flavour-$package-$variant.log"
 echo "--- guest report (serial console)" >&2
 grep -a 'PREWARM-VM' "$serial" | tr -d '\r' >&2 || true
-say "serial log: target/vm-boot-test/serial-$package-$variant.log"
+say "serial log: target/vm-boot-test/serial-$flavour-$package-$variant.log"
 # The API server's own record, written when it stops.
 api_record() {
   kill "$api_pid" 2>/dev/null
