@@ -183,17 +183,26 @@ for r in $refs; do
   [[ $r == registry.example.internal/* ]] || die "$example lists $r, not under registry.example.internal"
   names+=("${r#registry.example.internal/}")
 done
+# A field of a testbed helper's ready file.
+json_field() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$1" "$2"; }
+# Waits, up to $4 seconds, for helper $1 (PID $2) to write its ready file
+# $3; shows its log $1.log on failure.
+await_ready() {
+  local i
+  for ((i = 0; i < $4 * 10; i++)); do
+    [[ -f $3 ]] && return 0
+    kill -0 "$2" 2>/dev/null || { cat "$work/$1.log" >&2; die "$1 exited"; }
+    sleep 0.1
+  done
+  die "$1 not ready after $4s"
+}
+
 say "building testbed-registry and pushing ${names[*]}"
 cargo build -q --locked -p testbed --bin testbed-registry --bin testbed-kubeapi
-target/debug/testbed-registry "$work/reg" "$work/registry.json" "${names[@]}" 2>"$work/registry.log" &
+target/debug/testbed-registry "$work/reg" "$work/registry.json" "${names[@]}" 2>"$work/testbed-registry.log" &
 registry_pid=$!
-for _ in $(seq 1 1200); do
-  [[ -f $work/registry.json ]] && break
-  kill -0 "$registry_pid" 2>/dev/null || { cat "$work/registry.log" >&2; die "testbed-registry exited"; }
-  sleep 0.1
-done
-[[ -f $work/registry.json ]] || die "testbed-registry not ready after 120s"
-reg_addr=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["addr"])' "$work/registry.json")
+await_ready testbed-registry "$registry_pid" "$work/registry.json" 120
+reg_addr=$(json_field "$work/registry.json" addr)
 say "registry on $reg_addr"
 
 # The API server the example's kubeconfigs name, on the host's loopback.
@@ -210,15 +219,11 @@ print(tomllib.loads(site["content"]).get("handoff", {}).get(
 EOF
 )
 target/debug/testbed-kubeapi "$work/api" "$work/api.json" "$work/api-state.json" \
-  "$node_name" "$taint_key" "$api_host" 2>"$work/api.log" &
+  "$node_name" "$taint_key" "$api_host" 2>"$work/testbed-kubeapi.log" &
 api_pid=$!
-for _ in $(seq 1 300); do
-  [[ -f $work/api.json ]] && break
-  kill -0 "$api_pid" 2>/dev/null || { cat "$work/api.log" >&2; die "testbed-kubeapi exited"; }
-  sleep 0.1
-done
-[[ -f $work/api.json ]] || die "testbed-kubeapi not ready after 30s"
-api_addr=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["addr"])' "$work/api.json")
+await_ready testbed-kubeapi "$api_pid" "$work/api.json" 30
+api_addr=$(json_field "$work/api.json" addr)
+api_ca=$(json_field "$work/api.json" ca)
 say "API server on $api_addr, taint key $taint_key"
 
 # The node's disk: the base root plus the package, installed inside by its
@@ -264,7 +269,7 @@ install -d -m 755 "$m/etc/prewarm-vm"
 echo "$variant" >"$m/etc/prewarm-vm/variant"
 echo "$taint_key" >"$m/etc/prewarm-vm/taint-key"
 # What kubeadm would read from the cluster-info ConfigMap.
-install -m 644 "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["ca"])' "$work/api.json")" "$m/etc/prewarm-vm/cluster-ca.pem"
+install -m 644 "$api_ca" "$m/etc/prewarm-vm/cluster-ca.pem"
 if [[ $variant == alongside ]]; then
   install -D -m 644 "$m/usr/share/doc/prewarm/examples/alongside.conf" \
     "$m/etc/systemd/system/prewarm.service.d/alongside.conf"
@@ -293,8 +298,7 @@ mounted=''
 # the API server are, the API server's CA and its tokens.
 mkdir -p "$work/seed"
 # kubeadm's discovery pin: the SHA-256 of the CA's public key (DER).
-ca_pem=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["ca"])' "$work/api.json")
-ca_hash=$(openssl x509 -in "$ca_pem" -pubkey -noout | openssl pkey -pubin -outform der | sha256sum | cut -d' ' -f1)
+ca_hash=$(openssl x509 -in "$api_ca" -pubkey -noout | openssl pkey -pubin -outform der | sha256sum | cut -d' ' -f1)
 python3 - "$example" "$work/seed/user-data" "$work/api.json" "$api_host" "$ca_hash" <<'EOF'
 import base64, json, sys, yaml
 doc = yaml.safe_load(open(sys.argv[1]).read())

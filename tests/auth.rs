@@ -5,25 +5,17 @@ mod common;
 
 use common::*;
 use prewarm::report::ImageStatus;
-use testbed::{Compression::Gzip, Containerd, Format, Registry};
+use testbed::{Compression::Gzip, Containerd, Format, PushedImage, Registry, Tls};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pulls_over_tls_with_token_auth() {
+/// A registry behind TLS and token auth, and a containerd whose hosts.toml
+/// trusts its CA.
+fn tls_env() -> (Env, Tls) {
     let dir = tempfile::Builder::new()
         .prefix("pw")
         .tempdir_in("/tmp")
         .unwrap();
     let registry = Registry::start_tls_token(&dir.path().join("r")).unwrap();
     let tls = registry.tls.clone().unwrap();
-    let img = testbed::push_image(
-        &registry.host(),
-        "secure/app:1",
-        &[linux("amd64", None, layers(500, &[Gzip, Gzip], 128 << 10))],
-        Format::Oci,
-        &dir.path().join("images"),
-        Some(&tls),
-    )
-    .unwrap();
     let env = Env {
         containerd: Containerd::start(&dir.path().join("c")).unwrap(),
         registry,
@@ -36,6 +28,27 @@ async fn pulls_over_tls_with_token_auth() {
             Some(&tls.ca_cert),
         )
         .unwrap();
+    (env, tls)
+}
+
+/// Pushes `name` with gzip layers made from `seed`, through the token
+/// server.
+fn push_tls(env: &Env, tls: &Tls, name: &str, seed: u64, n: usize, size: usize) -> PushedImage {
+    testbed::push_image(
+        &env.registry.host(),
+        name,
+        &[linux("amd64", None, layers(seed, &vec![Gzip; n], size))],
+        Format::Oci,
+        &env.path("images"),
+        Some(tls),
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulls_over_tls_with_token_auth() {
+    let (env, tls) = tls_env();
+    let img = push_tls(&env, &tls, "secure/app:1", 500, 2, 128 << 10);
     let config = env.config(&[(&img.reference, true)], "");
     let config = config.to_str().unwrap();
 
@@ -80,43 +93,11 @@ async fn pulls_over_tls_with_token_auth() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pulls_with_a_credential_helper() {
     use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::Builder::new()
-        .prefix("pw")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let registry = Registry::start_tls_token(&dir.path().join("r")).unwrap();
-    let tls = registry.tls.clone().unwrap();
-    let pushed: Vec<_> = ["helped/a:1", "helped/b:1"]
+    let (env, tls) = tls_env();
+    let pushed: Vec<_> = [("helped/a:1", 600), ("helped/b:1", 601)]
         .iter()
-        .enumerate()
-        .map(|(i, name)| {
-            testbed::push_image(
-                &registry.host(),
-                name,
-                &[linux(
-                    "amd64",
-                    None,
-                    layers(600 + i as u64, &[Gzip], 64 << 10),
-                )],
-                Format::Oci,
-                &dir.path().join("images"),
-                Some(&tls),
-            )
-            .unwrap()
-        })
+        .map(|(name, seed)| push_tls(&env, &tls, name, *seed, 1, 64 << 10))
         .collect();
-    let env = Env {
-        containerd: Containerd::start(&dir.path().join("c")).unwrap(),
-        registry,
-        dir,
-    };
-    env.containerd
-        .write_hosts_toml(
-            &env.registry.host(),
-            &env.registry.url(),
-            Some(&tls.ca_cert),
-        )
-        .unwrap();
 
     // The helper logs what it was asked, and answers only for the registry.
     let bin = env.path("bin");
@@ -191,15 +172,7 @@ async fn pulls_with_a_credential_helper() {
         ),
     )
     .unwrap();
-    let other = testbed::push_image(
-        &env.registry.host(),
-        "helped/c:1",
-        &[linux("amd64", None, layers(650, &[Gzip], 64 << 10))],
-        Format::Oci,
-        &env.path("images"),
-        Some(&tls),
-    )
-    .unwrap();
+    let other = push_tls(&env, &tls, "helped/c:1", 650, 1, 64 << 10);
     let config = env.config(&[(&other.reference, true)], "");
     let out = run_prewarm_env(
         &root,
