@@ -256,6 +256,9 @@ else
     [[ ! -e $m/usr/lib/systemd/system/$u ]] || die "rpm -e left $u"
   done
   [[ ! -e $m/usr/bin/prewarm ]] || die "rpm -e left /usr/bin/prewarm"
+  for d in etc/prewarm usr/lib/prewarm usr/share/doc/prewarm; do
+    [[ ! -e $m/$d ]] || die "rpm -e left /$d"
+  done
   rpm_in -i --nodeps "$pkg" || { cat "$work/install.log" >&2; die "rpm -i (again) failed"; }
   enabled || die "%post did not enable ${units[*]} on the second install"
   say "rpm: installed, erased and installed again in the guest root; scriptlets ran"
