@@ -286,17 +286,13 @@ async fn freed_bytes(
     let mut sizes = HashMap::new();
     let gone = reachable(c, going.iter().copied(), &mut sizes).await?;
     let kept = reachable(c, staying.iter().copied(), &mut sizes).await?;
-    let content = gone
-        .difference(&kept)
-        .filter_map(|n| match n {
-            Node::Content(d) => sizes.get(d).copied(),
-            Node::Snapshot(..) => None,
-        })
-        .sum();
-    let mut snapshots = 0;
+    let (mut content, mut snapshots) = (0, 0);
     for n in gone.difference(&kept) {
-        if let Node::Snapshot(snapshotter, key) = n {
-            snapshots += c.snapshot_usage(snapshotter, key).await?;
+        match n {
+            Node::Content(d) => content += sizes.get(d).copied().unwrap_or(0),
+            Node::Snapshot(snapshotter, key) => {
+                snapshots += c.snapshot_usage(snapshotter, key).await?
+            }
         }
     }
     Ok((content, snapshots))

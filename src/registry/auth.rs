@@ -49,9 +49,10 @@ pub struct Credentials {
     file: PathBuf,
     /// (key as written, normalized host, credential), in key order.
     entries: Vec<(String, String, Credential)>,
-    /// `credHelpers`: (key as written, normalized host, helper name).
+    /// `credHelpers`: (key as written, normalized host, helper program
+    /// `docker-credential-<name>`).
     helpers: Vec<(String, String, String)>,
-    /// `credsStore`: the helper for every other registry.
+    /// `credsStore`: the helper program for every other registry.
     store: Option<String>,
     /// What helpers answered, by (helper, server): `None` when they had
     /// nothing for the server. Each helper runs once per server.
@@ -118,20 +119,19 @@ impl Credentials {
         }
         let mut helpers = Vec::new();
         for (key, name) in file.cred_helpers {
-            let name = helper_name(path, &format!("credHelpers.{key:?}"), &name)?;
-            helpers.push((key.clone(), normalize(&key), name));
+            let program = helper_program(path, &format!("credHelpers.{key:?}"), &name)?;
+            helpers.push((key.clone(), normalize(&key), program));
         }
         let store = match file.creds_store {
-            Some(name) if !name.is_empty() => Some(helper_name(
+            Some(name) if !name.is_empty() => Some(helper_program(
                 path,
                 "credsStore",
                 &serde_json::Value::String(name),
             )?),
             _ => None,
         };
-        for name in helpers.iter().map(|h| &h.2).chain(&store) {
-            let program = format!("docker-credential-{name}");
-            if !on_path(&program) {
+        for program in helpers.iter().map(|h| &h.2).chain(&store) {
+            if !on_path(program) {
                 tracing::warn!(
                     file = %path.display(),
                     %program,
@@ -176,24 +176,18 @@ impl Credentials {
 
     /// The helper to ask for `host`, if any.
     fn helper_for(&self, host: &str) -> Option<HelperCall> {
-        let wanted = normalize(host);
-        let named = self
-            .helpers
-            .iter()
-            .find(|(key, _, _)| key == host)
-            .or_else(|| self.helpers.iter().find(|(_, h, _)| *h == wanted));
-        if let Some((key, _, name)) = named {
+        if let Some((key, _, program)) = find_host(&self.helpers, host) {
             return Some(HelperCall {
-                program: format!("docker-credential-{name}"),
+                program: program.clone(),
                 server: key.clone(),
                 key: format!("credHelpers.{key:?}"),
             });
         }
-        self.store.as_ref().map(|name| HelperCall {
-            program: format!("docker-credential-{name}"),
-            server: match wanted.as_str() {
+        self.store.as_ref().map(|program| HelperCall {
+            program: program.clone(),
+            server: match normalize(host).as_str() {
                 "docker.io" => "https://index.docker.io/v1/".to_string(),
-                _ => wanted.clone(),
+                wanted => wanted.to_string(),
             },
             key: "credsStore".to_string(),
         })
@@ -204,12 +198,22 @@ impl Credentials {
     /// (`https://host/v1/` → `host`) matches. Docker Hub's names
     /// (`docker.io`, `index.docker.io`, `registry-1.docker.io`) are one.
     pub fn lookup(&self, host: &str) -> Option<&Credential> {
-        let exact = self.entries.iter().find(|(key, _, _)| key == host);
-        let wanted = normalize(host);
-        exact
-            .or_else(|| self.entries.iter().find(|(_, h, _)| *h == wanted))
-            .map(|(_, _, cred)| cred)
+        find_host(&self.entries, host).map(|(_, _, cred)| cred)
     }
+}
+
+/// The entry of (key as written, normalized host, value) entries for
+/// `host`: the key spelled exactly so, else the first whose normalized host
+/// matches.
+fn find_host<'a, T>(
+    entries: &'a [(String, String, T)],
+    host: &str,
+) -> Option<&'a (String, String, T)> {
+    let wanted = normalize(host);
+    entries
+        .iter()
+        .find(|(key, _, _)| key == host)
+        .or_else(|| entries.iter().find(|(_, h, _)| *h == wanted))
 }
 
 impl AuthEntry {
@@ -246,11 +250,17 @@ impl AuthEntry {
     }
 }
 
-/// A helper's name from the config: a string that cannot leave the
-/// `docker-credential-` prefix.
-fn helper_name(path: &Path, key: &str, value: &serde_json::Value) -> Result<String, RegistryError> {
+/// The program of a helper named in the config, `docker-credential-<name>`:
+/// the name must be a string that cannot leave that prefix.
+fn helper_program(
+    path: &Path,
+    key: &str,
+    value: &serde_json::Value,
+) -> Result<String, RegistryError> {
     match value.as_str() {
-        Some(name) if !name.is_empty() && !name.contains('/') => Ok(name.to_string()),
+        Some(name) if !name.is_empty() && !name.contains('/') => {
+            Ok(format!("docker-credential-{name}"))
+        }
         _ => Err(auth_file_error(
             path,
             format!("key {key}: a credential helper name (docker-credential-<name> on PATH) must be a non-empty string without '/', got {value}"),
