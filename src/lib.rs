@@ -302,10 +302,13 @@ async fn gc(settings: Settings, apply: bool) -> anyhow::Result<Exit> {
 
 async fn pull(settings: Settings) -> anyhow::Result<Exit> {
     let started = Instant::now();
+    // Before anything is changed on the node (the IO cap): a SIGTERM from
+    // here on ends the run cleanly.
+    let stop = stop_signal();
     let report_path = settings.report.clone();
     let (engine, lists) = connect_with_lists(settings).await?;
     let io_cap = cap_containerd_writes(&engine);
-    let mut report = engine.pull(started, stop_signal()).await;
+    let mut report = engine.pull(started, stop).await;
     report.io_cap = match io_cap {
         Ok(None) => None,
         Ok(Some(cap)) => {
@@ -615,17 +618,23 @@ fn yes_no(b: bool) -> &'static str {
 }
 
 /// Resolves with a reason when SIGTERM or SIGINT arrives.
-async fn stop_signal() -> String {
+///
+/// The handlers are installed when this is called, not when the future is
+/// first polled: a signal that arrives in between is kept, not fatal.
+fn stop_signal() -> impl std::future::Future<Output = String> {
     use tokio::signal::unix::{signal, SignalKind};
-    match (
+    let handlers = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => tokio::select! {
-            _ = term.recv() => "stopped by SIGTERM".to_string(),
-            _ = int.recv() => "stopped by SIGINT".to_string(),
-        },
-        _ => std::future::pending().await,
+    );
+    async move {
+        match handlers {
+            (Ok(mut term), Ok(mut int)) => tokio::select! {
+                _ = term.recv() => "stopped by SIGTERM".to_string(),
+                _ = int.recv() => "stopped by SIGINT".to_string(),
+            },
+            _ => std::future::pending().await,
+        }
     }
 }
 
