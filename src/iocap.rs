@@ -351,7 +351,7 @@ pub struct IoCapReport {
 }
 
 /// The v1 caveat, said plainly in the report.
-pub const V1_NOTE: &str = "cgroup v1 blkio throttles only direct IO and fsync, not buffered writeback: containerd's unpack writes are not capped";
+pub const V1_NOTE: &str = "cgroup v1 blkio throttles only direct IO and fsync, not buffered writeback: containerd's unpacks are paced to write-bandwidth instead (a layer starts once the bytes unpacked so far are within the rate; write-iops is not paced)";
 
 impl IoCap {
     /// Restores the limits a killed run left behind (from `state`), then
@@ -380,6 +380,12 @@ impl IoCap {
             state: state.to_path_buf(),
             restored: false,
         })
+    }
+
+    /// Whether the kernel caps containerd's buffered writes (the unpack).
+    /// cgroup v1 does not: prewarm paces the unpacks itself there.
+    pub fn caps_buffered_writes(&self) -> bool {
+        !matches!(self.saved.target, Target::V1 { .. })
     }
 
     /// For the report.

@@ -306,8 +306,21 @@ async fn pull(settings: Settings) -> anyhow::Result<Exit> {
     // here on ends the run cleanly.
     let stop = stop_signal();
     let report_path = settings.report.clone();
-    let (engine, lists) = connect_with_lists(settings).await?;
+    let (mut engine, lists) = connect_with_lists(settings).await?;
     let io_cap = cap_containerd_writes(&engine);
+    // Where the kernel cannot hold containerd's unpack writes to the cap
+    // (cgroup v1, or the cap could not be applied), pace the unpacks.
+    let kernel_caps = match &io_cap {
+        Ok(cap) => cap.as_ref().is_none_or(iocap::IoCap::caps_buffered_writes),
+        Err(_) => false,
+    };
+    let pace = engine
+        .settings
+        .io_limits
+        .write_bps
+        .and_then(std::num::NonZeroU64::new)
+        .filter(|_| !kernel_caps);
+    engine.unpack_pace = throttle::Bandwidth::new(pace);
     let mut report = engine.pull(started, stop).await;
     report.io_cap = match io_cap {
         Ok(None) => None,
@@ -323,7 +336,15 @@ async fn pull(settings: Settings) -> anyhow::Result<Exit> {
             device: String::new(),
             write_bps: engine.settings.io_limits.write_bps,
             write_iops: engine.settings.io_limits.write_iops,
-            note: Some(format!("not applied: {}", error_chain(&e))),
+            note: Some(format!(
+                "not applied: {}{}",
+                error_chain(&e),
+                if pace.is_some() {
+                    "; containerd's unpacks are paced to write-bandwidth instead"
+                } else {
+                    ""
+                }
+            )),
         }),
     };
     report.sources = lists.reports.clone();

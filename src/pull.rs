@@ -193,6 +193,11 @@ pub struct Engine {
     pub retry: Retry,
     /// Archives that images are imported from before the registry is asked.
     pub archives: Vec<Arc<crate::archive::Archive>>,
+    /// Paces containerd's unpacks to `write-bandwidth` where the kernel
+    /// cannot cap their buffered writes (cgroup v1, or no cap applied): a
+    /// layer starts only once the bytes unpacked so far are back within
+    /// the rate. Unlimited otherwise.
+    pub unpack_pace: Bandwidth,
 }
 
 /// An image's fate before execution.
@@ -240,6 +245,7 @@ impl Engine {
         let disk_path = image_fs.mountpoint.display().to_string();
         Ok(Engine {
             bandwidth: Bandwidth::new(settings.bandwidth),
+            unpack_pace: Bandwidth::new(None),
             retry: Retry::new(settings.retries),
             disk: Arc::new(Statvfs(image_fs.mountpoint)),
             disk_path,
@@ -809,6 +815,7 @@ impl Engine {
                 // containerd writes the unpacked layer itself: check there is
                 // room first, and watch free space while it works.
                 let estimate = r.unpacked_sizes.get(i).copied().flatten().unwrap_or(0);
+                self.unpack_pace.take(0).await;
                 self.check_reserve(estimate)?;
                 let unpack = self.containerd.unpack_layer(
                     &self.snapshotter,
@@ -824,6 +831,21 @@ impl Engine {
                     full = self.watch_reserve() => return Err(full),
                 }
                 tracing::debug!(layer = %layer.digest, seconds = t0.elapsed().as_secs_f64(), "unpacked");
+                if self.unpack_pace.rate().is_some() {
+                    // What the layer wrote is paid for by the next unpack.
+                    let written = match self
+                        .containerd
+                        .snapshot_usage(&self.snapshotter, chain)
+                        .await
+                    {
+                        Ok(bytes) => bytes,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "reading the unpacked size; pacing on the estimate");
+                            estimate
+                        }
+                    };
+                    self.unpack_pace.reserve(written, Instant::now());
+                }
                 self.containerd
                     .content_label(
                         &layer.digest,

@@ -194,3 +194,60 @@ fn cap_left_by_kill_9_is_restored_at_the_next_start() {
     assert_eq!(exit_code(&out), 0);
     assert_restored(&s);
 }
+
+#[test]
+fn unpacks_are_paced_to_the_cap_on_cgroup_v1() {
+    // v1 blkio does not hold buffered writes, so prewarm paces the unpacks:
+    // a layer starts only once what the layers before it wrote is within
+    // the rate.
+    let env = Env::start();
+    let cgroup = Blkio::new("pw-pace", env.containerd.pid());
+    let dev = prewarm::iocap::disk_of(&env.containerd.root)
+        .unwrap()
+        .to_string();
+    // Three layers that unpack to 8 MiB each but compress to almost
+    // nothing, so that the capped fsync of the downloads costs no time and
+    // only pacing can make the pull slow.
+    let specs = (0..3)
+        .map(|i| testbed::LayerSpec {
+            files: vec![(
+                format!("layer{i}/zeros.bin"),
+                format!("layer {i}\n").repeat(1 << 20).into_bytes(),
+            )],
+            compression: Gzip,
+        })
+        .collect();
+    let img = push(
+        &env.registry.host(),
+        "io/pace:1",
+        &[linux("amd64", None, specs)],
+        Format::Oci,
+        &env.path("images"),
+    );
+    let config = env.config(
+        &[(&img.reference, true)],
+        "[throttle]\nwrite-bandwidth = \"4MiB/s\"\n",
+    );
+    let out = env.prewarm(&["pull", "--config", config.to_str().unwrap()]);
+    assert_eq!(
+        exit_code(&out),
+        0,
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        cgroup.value(BPS, &dev),
+        None,
+        "the cap is lifted after the run"
+    );
+    let report = env.report();
+    let note = report.io_cap.and_then(|c| c.note).unwrap_or_default();
+    assert!(note.contains("paced to write-bandwidth"), "{note}");
+    // The second and third layers wait for the 16 MiB the first two wrote:
+    // 4 s at 4 MiB/s, less the bucket's burst of a tenth of a second.
+    let seconds = report.images[0].seconds;
+    assert!(
+        seconds >= 3.85,
+        "the unpacks were not paced: the image took {seconds:.2} s"
+    );
+}
