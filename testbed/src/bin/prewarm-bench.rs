@@ -166,9 +166,10 @@ fn run() -> Result<bool> {
         let mut max_rss = 0.0f64;
         for run in 1..=args.runs {
             let label = format!("{name}-{run}");
-            let ctr_cost = ctr_pull(dir.path(), &label, images)?;
+            let ctr_cost = ctr_pull(dir.path(), &registry, &label, images)?;
             let ctr = ctr_cost.wall;
-            let (pw, pw_cost, warm) = prewarm_pull(&prewarm, dir.path(), &label, images, None)?;
+            let (pw, pw_cost, warm) =
+                prewarm_pull(&prewarm, dir.path(), &registry, &label, images, None)?;
             costs.push((label.clone(), ctr_cost, pw_cost));
             let ratio = pw.wall.as_secs_f64() / ctr.as_secs_f64();
             let rss = pw.max_rss as f64 / MIB;
@@ -196,16 +197,18 @@ fn run() -> Result<bool> {
     }
 
     if !costs.is_empty() {
-        println!("\nCPU seconds (puller + containerd):");
+        println!("\nCPU seconds (puller + containerd, and the test registry):");
         for (name, ctr, pw) in &costs {
             println!(
-                "{name:<8} ctr {:.2} + {:.2} = {:.2}   prewarm {:.2} + {:.2} = {:.2}",
+                "{name:<8} ctr {:.2} + {:.2} = {:.2} (registry {:.2})   prewarm {:.2} + {:.2} = {:.2} (registry {:.2})",
                 ctr.client_cpu.as_secs_f64(),
                 ctr.containerd_cpu.as_secs_f64(),
                 (ctr.client_cpu + ctr.containerd_cpu).as_secs_f64(),
+                ctr.registry_cpu.as_secs_f64(),
                 pw.client_cpu.as_secs_f64(),
                 pw.containerd_cpu.as_secs_f64(),
                 (pw.client_cpu + pw.containerd_cpu).as_secs_f64(),
+                pw.registry_cpu.as_secs_f64(),
             );
         }
     }
@@ -235,14 +238,23 @@ struct Cost {
     /// The puller: `ctr` (all its runs) or prewarm.
     client_cpu: Duration,
     containerd_cpu: Duration,
+    /// The test registry, which stands in for a remote one but shares
+    /// this machine's cores.
+    registry_cpu: Duration,
 }
 
 /// `ctr images pull` of each image in turn on a fresh containerd.
-fn ctr_pull(base: &std::path::Path, case: &str, images: &[PushedImage]) -> Result<Cost> {
+fn ctr_pull(
+    base: &std::path::Path,
+    registry: &Registry,
+    case: &str,
+    images: &[PushedImage],
+) -> Result<Cost> {
     let root = base.join(format!("ctr-{case}"));
     let containerd = Containerd::start(&root)?;
     settle_disk()?;
     let daemon_before = process_cpu(containerd.pid()).unwrap_or_default();
+    let registry_before = process_cpu(registry.pid()).unwrap_or_default();
     let start = Instant::now();
     let mut client_cpu = Duration::ZERO;
     for img in images {
@@ -269,6 +281,7 @@ fn ctr_pull(base: &std::path::Path, case: &str, images: &[PushedImage]) -> Resul
         wall: start.elapsed(),
         client_cpu,
         containerd_cpu: process_cpu(containerd.pid()).unwrap_or_default() - daemon_before,
+        registry_cpu: process_cpu(registry.pid()).unwrap_or_default() - registry_before,
     };
     discard(containerd, &root);
     Ok(cost)
@@ -288,6 +301,7 @@ fn discard(containerd: Containerd, root: &std::path::Path) {
 fn prewarm_pull(
     prewarm: &std::path::Path,
     base: &std::path::Path,
+    registry: &Registry,
     case: &str,
     images: &[PushedImage],
     bandwidth: Option<&str>,
@@ -297,11 +311,13 @@ fn prewarm_pull(
     let refs: Vec<String> = images.iter().map(|i| i.reference.clone()).collect();
     settle_disk()?;
     let daemon_before = process_cpu(containerd.pid()).unwrap_or_default();
+    let registry_before = process_cpu(registry.pid()).unwrap_or_default();
     let cold = run_prewarm(prewarm, base, case, &containerd, &refs, bandwidth)?;
     let cost = Cost {
         wall: cold.wall,
         client_cpu: cold.cpu,
         containerd_cpu: process_cpu(containerd.pid()).unwrap_or_default() - daemon_before,
+        registry_cpu: process_cpu(registry.pid()).unwrap_or_default() - registry_before,
     };
     // The same list again on the now warm node: nothing to do.
     let warm = run_prewarm(
