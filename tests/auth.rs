@@ -107,7 +107,7 @@ async fn pulls_with_a_credential_helper() {
     std::fs::write(
         &helper,
         format!(
-            "#!/bin/sh\nread -r server\necho \"$1 $server\" >> {calls}\n\
+            "#!/bin/sh\nread -r server\necho \"$1 $server HOME=$HOME\" >> {calls}\n\
              if [ \"$server\" = \"{host}\" ]; then\n\
              printf '{{\"ServerURL\":\"%s\",\"Username\":\"{user}\",\"Secret\":\"{pass}\"}}' \"$server\"\n\
              else echo 'credentials not found in native keychain'; exit 1; fi\n",
@@ -142,7 +142,8 @@ async fn pulls_with_a_credential_helper() {
     let out = run_prewarm_env(
         &root,
         &["pull", "--config", config.to_str().unwrap()],
-        &[("PATH", path.clone())],
+        // As under systemd: no HOME of prewarm's own.
+        &[("PATH", path.clone()), ("HOME", "".into())],
     );
     assert_eq!(exit_code(&out), 0);
     for img in &pushed {
@@ -151,8 +152,13 @@ async fn pulls_with_a_credential_helper() {
     let asked = std::fs::read_to_string(&calls).unwrap();
     assert_eq!(
         asked.lines().collect::<Vec<_>>(),
-        vec![format!("get {}", env.registry.host())],
-        "asked once for both images, with the registry on stdin"
+        vec![format!(
+            "get {} HOME={}",
+            env.registry.host(),
+            passwd_home()
+        )],
+        "asked once for both images, with the registry on stdin and the \
+         user's home from passwd as HOME"
     );
     let granted = env
         .registry
@@ -192,4 +198,14 @@ async fn pulls_with_a_credential_helper() {
             && stderr.contains("docker-credential-prewarm-absent"),
         "{stderr}"
     );
+}
+
+/// The test user's home directory in the passwd database.
+fn passwd_home() -> String {
+    nix::unistd::User::from_uid(nix::unistd::getuid())
+        .unwrap()
+        .unwrap()
+        .dir
+        .display()
+        .to_string()
 }

@@ -288,11 +288,28 @@ struct HelperAnswer {
     secret: String,
 }
 
+/// The `HOME` a helper runs with when prewarm has none (systemd gives a
+/// system service none): the user's home from the passwd database, where
+/// helpers such as ecr-login and gcloud keep their configuration.
+fn helper_home() -> Option<std::path::PathBuf> {
+    if std::env::var_os("HOME").is_some_and(|h| !h.is_empty()) {
+        return None;
+    }
+    nix::unistd::User::from_uid(nix::unistd::getuid())
+        .ok()
+        .flatten()
+        .map(|u| u.dir)
+}
+
 /// Runs `<program> get` with the server on stdin. `Ok(None)` when the
 /// helper has no credentials for it.
 async fn run_helper(call: &HelperCall) -> Result<Option<Credential>, String> {
     use tokio::io::AsyncWriteExt;
-    let mut child = tokio::process::Command::new(&call.program)
+    let mut cmd = tokio::process::Command::new(&call.program);
+    if let Some(home) = helper_home() {
+        cmd.env("HOME", home);
+    }
+    let mut child = cmd
         .arg("get")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
