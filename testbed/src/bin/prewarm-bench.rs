@@ -12,7 +12,7 @@
 //! Usage: prewarm-bench [--scale F] [--only set|single|throttle]
 //!                      [--runs N] [--concurrency N] [--show-log]
 //!
-//! Each of `set` and `single` runs `--runs` times (default 3), ctr and
+//! Each of `set` and `single` runs `--runs` times (default 5), ctr and
 //! prewarm taking turns, every run on a fresh containerd. Every run's
 //! numbers are printed; a case passes on its median ratio, and on the
 //! largest peak RSS of any run.
@@ -63,7 +63,7 @@ fn args() -> Result<Args> {
     let mut a = Args {
         scale: 1.0,
         only: None,
-        runs: 3,
+        runs: 5,
         show_log: false,
     };
     let mut it = std::env::args().skip(1);
