@@ -351,7 +351,18 @@ pub struct IoCapReport {
 }
 
 /// The v1 caveat, said plainly in the report.
-pub const V1_NOTE: &str = "cgroup v1 blkio throttles only direct IO and fsync, not buffered writeback: containerd's unpacks are paced to write-bandwidth instead (a layer starts once the bytes unpacked so far are within the rate; write-iops is not paced)";
+pub const V1_NOTE: &str =
+    "cgroup v1 blkio throttles only direct IO and fsync, not buffered writeback";
+
+/// What prewarm does about it (see `Engine::unpack_pace`).
+fn v1_note(limits: IoLimits) -> String {
+    match limits.write_bps {
+        Some(_) => format!(
+            "{V1_NOTE}: containerd's unpacks are paced to write-bandwidth instead (a layer starts once the bytes unpacked so far are within the rate; write-iops is not paced)"
+        ),
+        None => format!("{V1_NOTE}: containerd's unpack writes are not capped (write-iops is not paced)"),
+    }
+}
 
 impl IoCap {
     /// Restores the limits a killed run left behind (from `state`), then
@@ -391,7 +402,7 @@ impl IoCap {
     /// For the report.
     pub fn describe(&self, limits: IoLimits) -> IoCapReport {
         let (cgroup, note) = match &self.saved.target {
-            Target::V1 { dir } => (dir.display().to_string(), Some(V1_NOTE.to_string())),
+            Target::V1 { dir } => (dir.display().to_string(), Some(v1_note(limits))),
             Target::V2 { dir } => (dir.display().to_string(), None),
             Target::Systemd { unit, .. } => (format!("systemd unit {unit}"), None),
         };
@@ -445,6 +456,21 @@ pub fn recover(state: &Path) -> Result<(), IoCapError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_v1_note_says_whether_unpacks_are_paced() {
+        let paced = v1_note(IoLimits {
+            write_bps: Some(1 << 20),
+            write_iops: None,
+        });
+        assert!(paced.contains("paced to write-bandwidth"), "{paced}");
+        let iops_only = v1_note(IoLimits {
+            write_bps: None,
+            write_iops: Some(100),
+        });
+        assert!(iops_only.contains("not capped"), "{iops_only}");
+        assert!(!iops_only.contains("paced to"), "{iops_only}");
+    }
 
     const VDA: DevNum = DevNum {
         major: 254,
