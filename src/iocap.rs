@@ -354,11 +354,15 @@ pub struct IoCapReport {
 pub const V1_NOTE: &str =
     "cgroup v1 blkio throttles only direct IO and fsync, not buffered writeback";
 
-/// What prewarm does about it (see `Engine::unpack_pace`).
+/// What prewarm does where the kernel cannot cap the unpack's writes (see
+/// `Engine::unpack_pace`).
+pub const PACED_NOTE: &str = "containerd's unpacks are paced to write-bandwidth instead";
+
+/// The v1 caveat, and whether the unpacks are paced.
 fn v1_note(limits: IoLimits) -> String {
     match limits.write_bps {
         Some(_) => format!(
-            "{V1_NOTE}: containerd's unpacks are paced to write-bandwidth instead (a layer starts once the bytes unpacked so far are within the rate; write-iops is not paced)"
+            "{V1_NOTE}: {PACED_NOTE} (a layer starts once the bytes unpacked so far are within the rate; write-iops is not paced)"
         ),
         None => format!("{V1_NOTE}: containerd's unpack writes are not capped (write-iops is not paced)"),
     }

@@ -336,15 +336,10 @@ async fn pull(settings: Settings) -> anyhow::Result<Exit> {
             device: String::new(),
             write_bps: engine.settings.io_limits.write_bps,
             write_iops: engine.settings.io_limits.write_iops,
-            note: Some(format!(
-                "not applied: {}{}",
-                error_chain(&e),
-                if pace.is_some() {
-                    "; containerd's unpacks are paced to write-bandwidth instead"
-                } else {
-                    ""
-                }
-            )),
+            note: Some(match pace {
+                Some(_) => format!("not applied: {}; {}", error_chain(&e), iocap::PACED_NOTE),
+                None => format!("not applied: {}", error_chain(&e)),
+            }),
         }),
     };
     report.sources = lists.reports.clone();
