@@ -243,6 +243,37 @@ struct Cost {
     registry_cpu: Duration,
 }
 
+/// CPU time the daemons spend from `start` on: the run's containerd and
+/// the test registry.
+struct DaemonCpu {
+    containerd: u32,
+    registry: u32,
+    containerd_before: Duration,
+    registry_before: Duration,
+}
+
+impl DaemonCpu {
+    fn start(containerd: &Containerd, registry: &Registry) -> DaemonCpu {
+        DaemonCpu {
+            containerd: containerd.pid(),
+            registry: registry.pid(),
+            containerd_before: process_cpu(containerd.pid()).unwrap_or_default(),
+            registry_before: process_cpu(registry.pid()).unwrap_or_default(),
+        }
+    }
+
+    /// The run's cost, with the puller's own `wall` and `client_cpu`.
+    fn cost(&self, wall: Duration, client_cpu: Duration) -> Cost {
+        Cost {
+            wall,
+            client_cpu,
+            containerd_cpu: process_cpu(self.containerd).unwrap_or_default()
+                - self.containerd_before,
+            registry_cpu: process_cpu(self.registry).unwrap_or_default() - self.registry_before,
+        }
+    }
+}
+
 /// `ctr images pull` of each image in turn on a fresh containerd.
 fn ctr_pull(
     base: &std::path::Path,
@@ -253,8 +284,7 @@ fn ctr_pull(
     let root = base.join(format!("ctr-{case}"));
     let containerd = Containerd::start(&root)?;
     settle_disk()?;
-    let daemon_before = process_cpu(containerd.pid()).unwrap_or_default();
-    let registry_before = process_cpu(registry.pid()).unwrap_or_default();
+    let daemons = DaemonCpu::start(&containerd, registry);
     let start = Instant::now();
     let mut client_cpu = Duration::ZERO;
     for img in images {
@@ -277,12 +307,7 @@ fn ctr_pull(
         }
         client_cpu += m.cpu;
     }
-    let cost = Cost {
-        wall: start.elapsed(),
-        client_cpu,
-        containerd_cpu: process_cpu(containerd.pid()).unwrap_or_default() - daemon_before,
-        registry_cpu: process_cpu(registry.pid()).unwrap_or_default() - registry_before,
-    };
+    let cost = daemons.cost(start.elapsed(), client_cpu);
     discard(containerd, &root);
     Ok(cost)
 }
@@ -310,15 +335,9 @@ fn prewarm_pull(
     let containerd = Containerd::start(&root)?;
     let refs: Vec<String> = images.iter().map(|i| i.reference.clone()).collect();
     settle_disk()?;
-    let daemon_before = process_cpu(containerd.pid()).unwrap_or_default();
-    let registry_before = process_cpu(registry.pid()).unwrap_or_default();
+    let daemons = DaemonCpu::start(&containerd, registry);
     let cold = run_prewarm(prewarm, base, case, &containerd, &refs, bandwidth)?;
-    let cost = Cost {
-        wall: cold.wall,
-        client_cpu: cold.cpu,
-        containerd_cpu: process_cpu(containerd.pid()).unwrap_or_default() - daemon_before,
-        registry_cpu: process_cpu(registry.pid()).unwrap_or_default() - registry_before,
-    };
+    let cost = daemons.cost(cold.wall, cold.cpu);
     // The same list again on the now warm node: nothing to do.
     let warm = run_prewarm(
         prewarm,
