@@ -138,6 +138,7 @@ fn run() -> Result<bool> {
     } else {
         vec![]
     };
+    println!("prewarm: {}", prewarm.display());
     match CONCURRENCY.load(std::sync::atomic::Ordering::Relaxed) {
         0 => println!("prewarm concurrency: its default"),
         n => println!("prewarm concurrency = {n}"),
