@@ -10,6 +10,8 @@
 //!   (systemd's `SetUnitProperties`), else written directly.
 //! - cgroup v1: `blkio.throttle.write_{bps,iops}_device`. These only catch
 //!   direct IO and fsync, not buffered writeback: the report says so.
+//! - Never the root cgroup: it holds every process on the node. A
+//!   containerd there runs uncapped, and the report says why.
 
 use serde::{Deserialize, Serialize};
 use std::os::unix::fs::MetadataExt;
@@ -135,20 +137,34 @@ pub fn target_of(pid: u32, cgroup_root: &Path) -> Result<Target, IoCapError> {
         cgroup_root,
         Path::new("/run/systemd/system").exists(),
     )
-    .ok_or_else(|| file_err(&path, "neither a blkio (v1) nor an io (v2) cgroup"))
+    .map_err(|why| file_err(&path, why))
 }
 
+/// Why [`parse_target`] found no cgroup to cap.
+pub const NO_CGROUP: &str = "neither a blkio (v1) nor an io (v2) cgroup";
+/// A containerd started outside a service manager can share the root
+/// cgroup with the rest of the node; a cap there would slow every
+/// process's writes.
+pub const ROOT_CGROUP: &str =
+    "containerd is in the root cgroup, where a cap would hold every process on the node";
+
 /// The pure part of [`target_of`].
-pub fn parse_target(proc_cgroup: &str, root: &Path, systemd: bool) -> Option<Target> {
+pub fn parse_target(proc_cgroup: &str, root: &Path, systemd: bool) -> Result<Target, &'static str> {
     let mut v2 = None;
     for line in proc_cgroup.lines() {
         let mut parts = line.splitn(3, ':');
-        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let (Some(_), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
         let rel = path.trim_start_matches('/');
         if controllers.split(',').any(|c| c == "blkio") {
             let dir = root.join("blkio").join(rel);
             if dir.join("blkio.throttle.write_bps_device").exists() {
-                return Some(Target::V1 { dir });
+                if rel.is_empty() {
+                    return Err(ROOT_CGROUP);
+                }
+                return Ok(Target::V1 { dir });
             }
         }
         if controllers.is_empty() {
@@ -162,12 +178,15 @@ pub fn parse_target(proc_cgroup: &str, root: &Path, systemd: bool) -> Option<Tar
             v2 = Some((base.join(rel), rel.to_string()));
         }
     }
-    let (dir, rel) = v2?;
+    let (dir, rel) = v2.ok_or(NO_CGROUP)?;
+    if rel.is_empty() {
+        return Err(ROOT_CGROUP);
+    }
     if !dir.join("io.max").exists() && !systemd {
-        return None;
+        return Err(NO_CGROUP);
     }
     let unit = rel.rsplit('/').next().filter(|u| u.ends_with(".service"));
-    Some(match (systemd, unit) {
+    Ok(match (systemd, unit) {
         (true, Some(unit)) => Target::Systemd {
             unit: unit.to_string(),
             dir,
@@ -524,7 +543,17 @@ mod tests {
             "7:blkio:/system.slice/containerd.service\n0::/system.slice/containerd.service\n";
         assert_eq!(
             parse_target(proc_cgroup, root, true),
-            Some(Target::V1 { dir: blkio })
+            Ok(Target::V1 { dir: blkio })
+        );
+        // The root blkio cgroup holds the whole node: never capped.
+        std::fs::write(root.join("blkio").join(V1_BPS), "").unwrap();
+        assert_eq!(
+            parse_target(
+                "7:blkio:/\n0::/system.slice/containerd.service\n",
+                root,
+                true
+            ),
+            Err(ROOT_CGROUP)
         );
         // Pure v2 under systemd.
         let dir2 = tempfile::tempdir().unwrap();
@@ -535,16 +564,18 @@ mod tests {
         std::fs::write(unit_dir.join("io.max"), "").unwrap();
         assert_eq!(
             parse_target("0::/system.slice/containerd.service\n", root2, true),
-            Some(Target::Systemd {
+            Ok(Target::Systemd {
                 unit: "containerd.service".into(),
                 dir: unit_dir.clone()
             })
         );
         assert_eq!(
             parse_target("0::/system.slice/containerd.service\n", root2, false),
-            Some(Target::V2 { dir: unit_dir })
+            Ok(Target::V2 { dir: unit_dir })
         );
-        assert_eq!(parse_target("0::/nowhere\n", root2, false), None);
+        assert_eq!(parse_target("0::/nowhere\n", root2, false), Err(NO_CGROUP));
+        assert_eq!(parse_target("0::/\n", root2, true), Err(ROOT_CGROUP));
+        assert_eq!(parse_target("", root2, true), Err(NO_CGROUP));
     }
 
     #[test]

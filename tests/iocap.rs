@@ -1,6 +1,7 @@
 //! The IO cap on containerd's cgroup (cgroup v1 blkio on this machine):
 //! written for the run, restored after success, after SIGTERM, and at the
-//! next start after a kill -9.
+//! next start after a kill -9; never written to the root cgroup; and the
+//! unpacks paced where the kernel does not hold them to it.
 
 mod common;
 
@@ -195,19 +196,11 @@ fn cap_left_by_kill_9_is_restored_at_the_next_start() {
     assert_restored(&s);
 }
 
-#[test]
-fn unpacks_are_paced_to_the_cap_on_cgroup_v1() {
-    // v1 blkio does not hold buffered writes, so prewarm paces the unpacks:
-    // a layer starts only once what the layers before it wrote is within
-    // the rate.
-    let env = Env::start();
-    let cgroup = Blkio::new("pw-pace", env.containerd.pid());
-    let dev = prewarm::iocap::disk_of(&env.containerd.root)
-        .unwrap()
-        .to_string();
-    // Three layers that unpack to 8 MiB each but compress to almost
-    // nothing, so that the capped fsync of the downloads costs no time and
-    // only pacing can make the pull slow.
+/// Pulls three layers that unpack to 8 MiB each but compress to almost
+/// nothing, under `write-bandwidth = 4MiB/s`: the capped fsync of the
+/// downloads costs no time, so only pacing the unpacks can make the pull
+/// slow. Returns the report.
+fn pull_compressible_layers(env: &Env, name: &str) -> prewarm::report::Report {
     let specs = (0..3)
         .map(|i| testbed::LayerSpec {
             files: vec![(
@@ -219,7 +212,7 @@ fn unpacks_are_paced_to_the_cap_on_cgroup_v1() {
         .collect();
     let img = push(
         &env.registry.host(),
-        "io/pace:1",
+        &format!("io/{name}:1"),
         &[linux("amd64", None, specs)],
         Format::Oci,
         &env.path("images"),
@@ -235,19 +228,64 @@ fn unpacks_are_paced_to_the_cap_on_cgroup_v1() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(
-        cgroup.value(BPS, &dev),
-        None,
-        "the cap is lifted after the run"
-    );
-    let report = env.report();
-    let note = report.io_cap.and_then(|c| c.note).unwrap_or_default();
+    env.report()
+}
+
+/// The second and third layers wait for the 16 MiB the first two wrote:
+/// 4 s at 4 MiB/s, less the bucket's burst of a tenth of a second.
+fn assert_paced(report: &prewarm::report::Report) {
+    let note = report
+        .io_cap
+        .as_ref()
+        .and_then(|c| c.note.clone())
+        .unwrap_or_default();
     assert!(note.contains("paced to write-bandwidth"), "{note}");
-    // The second and third layers wait for the 16 MiB the first two wrote:
-    // 4 s at 4 MiB/s, less the bucket's burst of a tenth of a second.
     let seconds = report.images[0].seconds;
     assert!(
         seconds >= 3.85,
         "the unpacks were not paced: the image took {seconds:.2} s"
     );
+}
+
+#[test]
+fn unpacks_are_paced_to_the_cap_on_cgroup_v1() {
+    // v1 blkio does not hold buffered writes, so prewarm paces the unpacks:
+    // a layer starts only once what the layers before it wrote is within
+    // the rate.
+    let env = Env::start();
+    let cgroup = Blkio::new("pw-pace", env.containerd.pid());
+    let dev = prewarm::iocap::disk_of(&env.containerd.root)
+        .unwrap()
+        .to_string();
+    let report = pull_compressible_layers(&env, "pace");
+    assert_eq!(
+        cgroup.value(BPS, &dev),
+        None,
+        "the cap is lifted after the run"
+    );
+    assert_paced(&report);
+}
+
+#[test]
+fn root_cgroup_is_never_capped_and_unpacks_are_paced() {
+    // A containerd in the root blkio cgroup shares it with every process
+    // on the node: prewarm leaves the cgroup alone, says why, and paces.
+    let env = Env::start();
+    std::fs::write(
+        "/sys/fs/cgroup/blkio/cgroup.procs",
+        env.containerd.pid().to_string(),
+    )
+    .unwrap();
+    let report = pull_compressible_layers(&env, "root");
+    let cap = report
+        .io_cap
+        .as_ref()
+        .expect("the report has an io-cap entry");
+    assert_eq!(cap.cgroup, "", "no cgroup was capped: {cap:?}");
+    let note = cap.note.as_deref().unwrap_or_default();
+    assert!(
+        note.starts_with("not applied") && note.contains(prewarm::iocap::ROOT_CGROUP),
+        "{note}"
+    );
+    assert_paced(&report);
 }
