@@ -288,7 +288,7 @@ impl Engine {
             }
         };
         let top = fetch(reference.manifest_reference().to_string()).await?;
-        let top_media = manifest::sniff_media_type(&top.media_type, &top.bytes);
+        let top_media = top.media_type;
         let small = |media_type: String, digest: String, bytes: Bytes| SmallBlob {
             desc: Desc {
                 media_type,
@@ -301,10 +301,9 @@ impl Engine {
             let idx = manifest::Index::parse(&top.digest, &top.bytes)?;
             let chosen = manifest::select_manifest(&top.digest, &idx, &self.settings.platform)?;
             let m = fetch(chosen.digest.clone()).await?;
-            let media = manifest::sniff_media_type(&m.media_type, &m.bytes);
             (
                 Some(small(top_media, top.digest, top.bytes)),
-                small(media, m.digest, m.bytes),
+                small(m.media_type, m.digest, m.bytes),
             )
         } else if manifest::is_manifest(&top_media) {
             (None, small(top_media, top.digest, top.bytes))

@@ -95,7 +95,8 @@ struct ClientKey {
 #[derive(Debug, Clone)]
 pub struct Manifest {
     /// From `Content-Type` when it names a manifest type, else the JSON
-    /// `mediaType` field, else `Content-Type` as sent (maybe empty).
+    /// `mediaType` field, else guessed from the body
+    /// ([`crate::manifest::sniff_media_type`]).
     pub media_type: String,
     /// `sha256:` of `bytes`.
     pub digest: String,
@@ -714,25 +715,11 @@ fn error_detail(body: &[u8]) -> String {
     }
 }
 
+/// A manifest's media type: the Content-Type without its parameters, or
+/// what the body says when that is generic.
 fn media_type(content_type: &str, bytes: &[u8]) -> String {
-    #[derive(serde::Deserialize)]
-    struct MediaTypeField {
-        #[serde(rename = "mediaType", default)]
-        media_type: String,
-    }
-    let header = content_type
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_string();
-    if MANIFEST_MEDIA_TYPES.contains(&header.as_str()) {
-        return header;
-    }
-    match serde_json::from_slice::<MediaTypeField>(bytes) {
-        Ok(field) if !field.media_type.is_empty() => field.media_type,
-        _ => header,
-    }
+    let header = content_type.split(';').next().unwrap_or_default().trim();
+    crate::manifest::sniff_media_type(header, bytes)
 }
 
 fn check_digest(image: &Reference, digest: &str) -> Result<(), RegistryError> {
@@ -1491,6 +1478,6 @@ mod tests {
             docker
         );
         assert_eq!(media_type("application/json", MANIFEST), OCI_MANIFEST);
-        assert_eq!(media_type("", b"not json"), "");
+        assert_eq!(media_type("", b"not json"), OCI_MANIFEST);
     }
 }
