@@ -67,12 +67,19 @@ struct Setup {
     reference: String,
 }
 
-fn setup(name: &str) -> Setup {
+/// A containerd of the test's own, in a blkio cgroup of its own, and the
+/// disk behind its root (`MAJ:MIN`).
+fn env_in_blkio(name: &str) -> (Env, Blkio, String) {
     let env = Env::start();
     let cgroup = Blkio::new(name, env.containerd.pid());
     let dev = prewarm::iocap::disk_of(&env.containerd.root)
         .unwrap()
         .to_string();
+    (env, cgroup, dev)
+}
+
+fn setup(name: &str) -> Setup {
+    let (env, cgroup, dev) = env_in_blkio(name);
     // Someone set an IOPS limit before prewarm ran: it must come back.
     std::fs::write(cgroup.dir.join(IOPS), format!("{dev} 4321")).unwrap();
     let img = push(
@@ -252,11 +259,7 @@ fn unpacks_are_paced_to_the_cap_on_cgroup_v1() {
     // v1 blkio does not hold buffered writes, so prewarm paces the unpacks:
     // a layer starts only once what the layers before it wrote is within
     // the rate.
-    let env = Env::start();
-    let cgroup = Blkio::new("pw-pace", env.containerd.pid());
-    let dev = prewarm::iocap::disk_of(&env.containerd.root)
-        .unwrap()
-        .to_string();
+    let (env, cgroup, dev) = env_in_blkio("pw-pace");
     let report = pull_compressible_layers(&env, "pace");
     assert_eq!(
         cgroup.value(BPS, &dev),
