@@ -9,15 +9,17 @@
 //! same reference again replaces the earlier one. `[[sources]]` accumulate
 //! too; a source with the name of one in an earlier fragment replaces it
 //! (two of the same name in one fragment are an error). Their lists are
-//! read at run time, by [`crate::sources`].
+//! read at run time, by the `sources` module.
 //!
 //! Loading does not insist on images: `register` and `untaint` need none.
 //! The commands that pull or show images call [`Settings::require_images`].
 //! `[handoff]` is always validated in full, so `register` never writes a
 //! taint that a broken handoff could leave in place.
 
-use crate::node::{Effect, Taint};
+pub mod source;
+
 use crate::reference::Reference;
+use crate::taint::{Effect, Taint};
 use serde::{de, Deserialize, Deserializer};
 use std::num::{NonZeroU32, NonZeroU64};
 use std::path::{Path, PathBuf};
@@ -486,7 +488,7 @@ pub struct Settings {
     pub unpack_ratio: f64,
     pub images: Vec<ImageEntry>,
     /// Where more list entries come from (`[[sources]]`), in order.
-    pub list_sources: Vec<crate::sources::ListSource>,
+    pub list_sources: Vec<source::ListSource>,
     /// Refuse list entries that name a tag without a digest.
     pub require_digest: bool,
     /// Where prewarm keeps state across runs (cached lists).
@@ -596,8 +598,8 @@ fn validate_source(
     path: &Path,
     key: &str,
     raw: RawSource,
-) -> Result<crate::sources::ListSource, ConfigError> {
-    use crate::sources::{Checksum, ListSource, SourceKind};
+) -> Result<source::ListSource, ConfigError> {
+    use source::{Checksum, ListSource, SourceKind};
     let bad = |field: &str, message: String| invalid(path, &format!("{key}.{field}"), message);
     let kind_name = raw.kind.clone();
     let not_for = |field: &str, present: bool| -> Result<(), ConfigError> {
@@ -636,7 +638,7 @@ fn validate_source(
             not_for("ca", raw.ca.is_some())?;
             let (namespace, name) = match raw.configmap.as_deref().map(|c| c.split_once('/')) {
                 Some(Some((ns, n)))
-                    if crate::sources::is_dns_label(ns) && crate::sources::is_dns_subdomain(n) =>
+                    if crate::taint::is_dns_label(ns) && crate::taint::is_dns_subdomain(n) =>
                 {
                     (ns.to_string(), n.to_string())
                 }
@@ -657,7 +659,7 @@ fn validate_source(
                     ))
                 }
             };
-            let key = raw.key.unwrap_or_else(|| crate::sources::DEFAULT_CONFIGMAP_KEY.into());
+            let key = raw.key.unwrap_or_else(|| source::DEFAULT_CONFIGMAP_KEY.into());
             if key.is_empty()
                 || !key
                     .chars()
@@ -698,15 +700,15 @@ fn validate_source(
         "url" => {
             not_for("path", raw.path.is_some())?;
             let url = match raw.url {
-                Some(u) => crate::sources::parse_list_url(&u).map_err(|m| bad("url", m))?,
+                Some(u) => source::parse_list_url(&u).map_err(|m| bad("url", m))?,
                 None => return Err(bad("url", "missing; kind = \"url\" needs a `url`".into())),
             };
             let checksum = match (raw.sha256, raw.checksum_url) {
                 (Some(h), None) => Checksum::Sha256(
-                    crate::sources::parse_sha256_hex(&h).map_err(|m| bad("sha256", m))?,
+                    source::parse_sha256_hex(&h).map_err(|m| bad("sha256", m))?,
                 ),
                 (None, Some(u)) => Checksum::Url(
-                    crate::sources::parse_list_url(&u).map_err(|m| bad("checksum-url", m))?,
+                    source::parse_list_url(&u).map_err(|m| bad("checksum-url", m))?,
                 ),
                 (Some(_), Some(_)) => {
                     return Err(bad(
@@ -763,7 +765,7 @@ fn validate_source(
     Ok(ListSource {
         name,
         kind,
-        timeout: raw.timeout.map_or(crate::sources::DEFAULT_TIMEOUT, |t| t.0),
+        timeout: raw.timeout.map_or(source::DEFAULT_TIMEOUT, |t| t.0),
         priority: raw.priority.unwrap_or(0),
         required: raw.required.unwrap_or(false),
         defined_in: path.to_path_buf(),
@@ -1092,7 +1094,7 @@ impl Settings {
         }
         if let Some(v) = h.node_name {
             t.node_name = Some(
-                crate::node::validate_node_name(&v)
+                crate::taint::validate_node_name(&v)
                     .map_err(|m| invalid(path, "handoff.node-name", m))?,
             );
         }
@@ -1119,13 +1121,13 @@ impl Settings {
             t.request_timeout = v.0;
         }
         if let Some(v) = h.taint_key {
-            crate::node::validate_taint_key(&v)
+            crate::taint::validate_taint_key(&v)
                 .map_err(|m| invalid(path, "handoff.taint-key", m))?;
             t.taint.key = v;
             self.handoff_sources.taint_key = Some(path.to_path_buf());
         }
         if let Some(v) = h.taint_value {
-            crate::node::validate_taint_value(&v)
+            crate::taint::validate_taint_value(&v)
                 .map_err(|m| invalid(path, "handoff.taint-value", m))?;
             t.taint.value = (!v.is_empty()).then_some(v);
         }
@@ -1134,7 +1136,7 @@ impl Settings {
                 Effect::parse(&v).map_err(|m| invalid(path, "handoff.taint-effect", m))?;
         }
         if let Some(v) = h.condition_type {
-            crate::node::validate_condition_type(&v)
+            crate::taint::validate_condition_type(&v)
                 .map_err(|m| invalid(path, "handoff.condition-type", m))?;
             t.condition_type = v;
         }
@@ -1218,7 +1220,7 @@ impl Settings {
             }
             .into();
         } else if h.mode == HandoffMode::Condition
-            && !h.taint.key.starts_with(crate::node::READINESS_PREFIX)
+            && !h.taint.key.starts_with(crate::taint::READINESS_PREFIX)
         {
             let src = self.handoff_sources.taint_key.clone().unwrap_or_default();
             return Err(invalid(
@@ -1228,7 +1230,7 @@ impl Settings {
                     "{:?}: in condition mode the key must start with {:?}, the only taints \
                      node-readiness-controller removes; otherwise nothing would ever remove it",
                     h.taint.key,
-                    crate::node::READINESS_PREFIX
+                    crate::taint::READINESS_PREFIX
                 ),
             ));
         }
@@ -1239,7 +1241,8 @@ impl Settings {
         let flags = Path::new("command line");
         if let Some(v) = &o.node_name {
             self.handoff.node_name = Some(
-                crate::node::validate_node_name(v).map_err(|m| invalid(flags, "--node-name", m))?,
+                crate::taint::validate_node_name(v)
+                    .map_err(|m| invalid(flags, "--node-name", m))?,
             );
         }
         if let Some(v) = &o.socket {
@@ -1352,7 +1355,7 @@ mod tests {
 
     #[test]
     fn sources_validate_and_replace_by_name() {
-        use crate::sources::{Checksum, SourceKind};
+        use super::source::{Checksum, SourceKind};
         let frags = vec![
             (
                 "/usr/lib/prewarm/config.d/10-defaults.toml".into(),

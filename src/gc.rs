@@ -17,8 +17,8 @@
 
 use crate::config::ImageEntry;
 use crate::containerd::{Containerd, ContainerdError};
-use crate::pull::{PINNED_LABEL, PREWARM_LABEL, PREWARM_PINNED_LABEL};
-use serde::{Deserialize, Serialize};
+use crate::labels::{self, PINNED_LABEL, PREWARM_LABEL, PREWARM_PINNED_LABEL};
+use crate::report::{GcReport, Group, Kept};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 /// An image record as gc sees it.
@@ -69,31 +69,6 @@ pub fn listed(entries: &[ImageEntry], records: &[Record]) -> Listed {
         }
     }
     l
-}
-
-/// Why a de-listed image stays.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Kept {
-    /// Container records use it (their ids).
-    InUse(Vec<String>),
-    /// This record is pinned, and prewarm did not pin it.
-    PinnedByOther(String),
-}
-
-/// The de-listed records of one image, and what happens to them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Group {
-    /// The digest the records point at.
-    pub target: String,
-    /// De-listed records prewarm wrote.
-    pub delisted: Vec<String>,
-    /// Why they stay, if they do.
-    pub kept: Option<Kept>,
-    /// Of `delisted`, those prewarm pinned.
-    pub pinned_by_us: Vec<String>,
-    /// Every record pointing at `target` goes, so its content may be freed.
-    pub frees_image: bool,
 }
 
 impl Group {
@@ -164,23 +139,6 @@ pub fn plan(records: &[Record], listed: &Listed, containers: &[(String, String)]
         });
     }
     out
-}
-
-/// What a gc pass did or would do, for the report and the command line.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct GcReport {
-    /// False for a dry run.
-    pub applied: bool,
-    pub removed: Vec<String>,
-    pub unpinned: Vec<String>,
-    /// De-listed images that stay, and why.
-    pub kept: Vec<Group>,
-    /// Content bytes referenced only by the removed images.
-    pub freed_bytes: u64,
-    /// Disk bytes of the unpacked layers (snapshots) only the removed
-    /// images use.
-    #[serde(default)]
-    pub freed_snapshot_bytes: u64,
 }
 
 /// How far a pass goes.
@@ -312,7 +270,6 @@ async fn reachable<'a>(
     roots: impl Iterator<Item = &'a str>,
     sizes: &mut HashMap<String, u64>,
 ) -> Result<HashSet<Node>, ContainerdError> {
-    const SNAPSHOT_REF: &str = "containerd.io/gc.ref.snapshot.";
     let mut seen = HashSet::new();
     let mut todo: Vec<Node> = roots.map(|d| Node::Content(d.to_string())).collect();
     while let Some(n) = todo.pop() {
@@ -326,9 +283,9 @@ async fn reachable<'a>(
                 };
                 sizes.insert(d, info.size.max(0) as u64);
                 for (k, v) in &info.labels {
-                    if k.starts_with("containerd.io/gc.ref.content") {
+                    if k.starts_with(labels::GC_REF_CONTENT) {
                         todo.push(Node::Content(v.clone()));
-                    } else if let Some(snapshotter) = k.strip_prefix(SNAPSHOT_REF) {
+                    } else if let Some(snapshotter) = k.strip_prefix(labels::GC_REF_SNAPSHOT) {
                         todo.push(Node::Snapshot(snapshotter.to_string(), v.clone()));
                     }
                 }

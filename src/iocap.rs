@@ -13,6 +13,7 @@
 //! - Never the root cgroup: it holds every process on the node. A
 //!   containerd there runs uncapped, and the report says why.
 
+use crate::report::IoCapReport;
 use serde::{Deserialize, Serialize};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -359,16 +360,6 @@ pub struct IoCap {
     restored: bool,
 }
 
-/// What the report says about the cap.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct IoCapReport {
-    pub cgroup: String,
-    pub device: String,
-    pub write_bps: Option<u64>,
-    pub write_iops: Option<u64>,
-    pub note: Option<String>,
-}
-
 /// The v1 caveat, said plainly in the report.
 pub const V1_NOTE: &str =
     "cgroup v1 blkio throttles only direct IO and fsync, not buffered writeback";
@@ -402,7 +393,7 @@ impl IoCap {
         let device = disk_of(root)?;
         let saved = read_current(&target, device)?;
         let json = serde_json::to_vec_pretty(&saved).map_err(|e| file_err(state, e))?;
-        crate::report::write_atomic(state, &json).map_err(|e| file_err(state, e))?;
+        crate::atomic::write_atomic(state, &json).map_err(|e| file_err(state, e))?;
         if let Err(e) = write_limits(&target, device, limits) {
             let _ = restore(&saved);
             let _ = std::fs::remove_file(state);

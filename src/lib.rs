@@ -28,6 +28,7 @@
 //! deadline policy.
 
 pub mod archive;
+pub mod atomic;
 pub mod cli;
 pub mod config;
 pub mod containerd;
@@ -36,6 +37,7 @@ pub mod disk;
 pub mod estimate;
 pub mod gc;
 pub mod iocap;
+pub mod labels;
 pub mod manifest;
 pub mod node;
 pub mod plan;
@@ -46,7 +48,9 @@ pub mod report;
 pub mod retry;
 pub mod sources;
 pub mod systemd;
+pub mod taint;
 pub mod throttle;
+pub mod time;
 
 use anyhow::Context;
 use cli::{Cli, Command};
@@ -271,8 +275,8 @@ async fn gc(settings: Settings, apply: bool) -> anyhow::Result<Exit> {
                 }
                 continue;
             }
-            Some(gc::Kept::InUse(ids)) => format!("in use by container {}", ids.join(", ")),
-            Some(gc::Kept::PinnedByOther(n)) => format!("{n} is pinned, not by prewarm"),
+            Some(report::Kept::InUse(ids)) => format!("in use by container {}", ids.join(", ")),
+            Some(report::Kept::PinnedByOther(n)) => format!("{n} is pinned, not by prewarm"),
         };
         for name in &g.delisted {
             println!("keep {name}  ({}): {why}", g.target);
@@ -331,7 +335,7 @@ async fn pull(settings: Settings) -> anyhow::Result<Exit> {
             }
             Some(described)
         }
-        Err(e) => Some(iocap::IoCapReport {
+        Err(e) => Some(report::IoCapReport {
             cgroup: String::new(),
             device: String::new(),
             write_bps: engine.settings.io_limits.write_bps,
@@ -365,7 +369,7 @@ async fn unpin_delisted(
     engine: &pull::Engine,
     lists: &sources::Loaded,
     report: &report::Report,
-) -> Option<gc::GcReport> {
+) -> Option<report::GcReport> {
     if !lists.complete() {
         tracing::warn!("an image list source failed: not unpinning or removing any image");
         return None;
@@ -484,7 +488,7 @@ fn node_name(settings: &Settings) -> anyhow::Result<String> {
         Some(n) => Ok(n.clone()),
         None => {
             let n = node::default_node_name().context("reading the hostname for the node name")?;
-            node::validate_node_name(&n).map_err(|m| {
+            taint::validate_node_name(&n).map_err(|m| {
                 anyhow::anyhow!(
                     "the hostname is not a usable node name: {m}; set [handoff] node-name"
                 )

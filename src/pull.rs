@@ -5,6 +5,7 @@ use crate::config::{ImageEntry, Settings};
 use crate::containerd::{Containerd, ContainerdError, Desc, WriteStart};
 use crate::cri::Cri;
 use crate::disk::{DiskProbe, Statvfs};
+use crate::labels::{self, MANAGED_LABEL, PINNED_LABEL, PREWARM_LABEL, PREWARM_PINNED_LABEL};
 use crate::manifest;
 use crate::plan::{self, Budget, Candidate, Decision};
 use crate::reference::Reference;
@@ -581,7 +582,7 @@ impl Engine {
         started: Instant,
         stop: impl std::future::Future<Output = String>,
     ) -> Report {
-        let started_at = crate::containerd::rfc3339(std::time::SystemTime::now());
+        let started_at = crate::time::rfc3339(std::time::SystemTime::now());
         let deadline = self.settings.deadline;
         let mut results: Vec<Option<ImageReport>> = Vec::new();
         let mut planned: Vec<PlannedImage> = Vec::new();
@@ -644,7 +645,7 @@ impl Engine {
         Report {
             version: 1,
             started_at,
-            finished_at: crate::containerd::rfc3339(std::time::SystemTime::now()),
+            finished_at: crate::time::rfc3339(std::time::SystemTime::now()),
             platform: self.settings.platform.to_string(),
             snapshotter: self.snapshotter.clone(),
             bandwidth: self.settings.bandwidth.map(|b| b.get()),
@@ -758,13 +759,10 @@ impl Engine {
 
         // Manifests and config, from memory, with their GC references.
         let mut manifest_labels = source.clone();
-        manifest_labels.insert(
-            "containerd.io/gc.ref.content.config".into(),
-            r.config.desc.digest.clone(),
-        );
+        manifest_labels.insert(labels::GC_REF_CONFIG.into(), r.config.desc.digest.clone());
         for (i, l) in r.layers.iter().enumerate() {
             manifest_labels.insert(
-                format!("containerd.io/gc.ref.content.l.{i}"),
+                format!("{}.l.{i}", labels::GC_REF_CONTENT),
                 l.digest.clone(),
             );
         }
@@ -775,7 +773,7 @@ impl Engine {
         if let Some(index) = &r.index {
             let mut labels = source.clone();
             labels.insert(
-                "containerd.io/gc.ref.content.m.0".into(),
+                format!("{}.m.0", labels::GC_REF_CONTENT),
                 r.manifest.desc.digest.clone(),
             );
             self.store_small("index", index, &lease, labels).await?;
@@ -848,10 +846,7 @@ impl Engine {
                 self.containerd
                     .content_label(
                         &layer.digest,
-                        HashMap::from([(
-                            "containerd.io/uncompressed".into(),
-                            r.diff_ids[i].clone(),
-                        )]),
+                        HashMap::from([(labels::UNCOMPRESSED.into(), r.diff_ids[i].clone())]),
                     )
                     .await?;
                 parent = chain.clone();
@@ -871,7 +866,7 @@ impl Engine {
                 .content_label(
                     &r.config.desc.digest,
                     HashMap::from([(
-                        format!("containerd.io/gc.ref.snapshot.{}", self.snapshotter),
+                        format!("{}{}", labels::GC_REF_SNAPSHOT, self.snapshotter),
                         top_chain.clone(),
                     )]),
                 )
@@ -925,7 +920,7 @@ impl Engine {
             .next()
             .unwrap_or_default();
         HashMap::from([(
-            format!("containerd.io/distribution.source.{host}"),
+            format!("{}{host}", labels::DISTRIBUTION_SOURCE),
             r.entry.reference.repository.clone(),
         )])
     }
@@ -1108,16 +1103,6 @@ impl Engine {
         }
     }
 }
-
-/// Label CRI puts on images it manages.
-pub const MANAGED_LABEL: &str = "io.cri-containerd.image";
-/// Label that keeps kubelet's image GC off an image (containerd ≥ 1.7).
-pub const PINNED_LABEL: &str = "io.cri-containerd.pinned";
-/// Label marking records prewarm wrote.
-pub const PREWARM_LABEL: &str = "io.prewarm.preloaded";
-/// Label marking records prewarm pinned, so that it only ever unpins its
-/// own pins.
-pub const PREWARM_PINNED_LABEL: &str = "io.prewarm.pinned";
 
 /// A blob body from a registry or an archive.
 type BlobStream = futures_util::stream::BoxStream<'static, Result<Bytes, PullError>>;

@@ -2,7 +2,6 @@
 //! and operators read; and the one summary line at the end of a run.
 
 use serde::{Deserialize, Serialize};
-use std::io::Write;
 use std::path::Path;
 
 /// What happened to one image.
@@ -73,16 +72,97 @@ pub struct Report {
     pub interrupted: Option<String>,
     /// The IO cap put on containerd for the run, if configured.
     #[serde(default)]
-    pub io_cap: Option<crate::iocap::IoCapReport>,
+    pub io_cap: Option<IoCapReport>,
     /// The image list sources read (`[[sources]]`), fresh or cached.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub sources: Vec<crate::sources::SourceReport>,
+    pub sources: Vec<SourceReport>,
     pub images: Vec<ImageReport>,
     /// Unpinning and removal of de-listed images, when the list was
     /// complete.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gc: Option<crate::gc::GcReport>,
+    pub gc: Option<GcReport>,
     pub summary: Summary,
+}
+
+/// What became of one source in a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SourceStatus {
+    /// Read fresh.
+    Read,
+    /// Unreachable or refused; the last good copy was used.
+    Cached,
+    /// Unreachable or refused, and nothing to fall back to.
+    Failed,
+}
+
+/// One source in the report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SourceReport {
+    pub name: String,
+    pub kind: String,
+    pub required: bool,
+    pub status: SourceStatus,
+    /// Entries it contributed.
+    pub images: usize,
+    /// SHA-256 of the list used (url sources).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Why the cache was used, or why the source failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// What the report says about the cap.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct IoCapReport {
+    pub cgroup: String,
+    pub device: String,
+    pub write_bps: Option<u64>,
+    pub write_iops: Option<u64>,
+    pub note: Option<String>,
+}
+
+/// Why a de-listed image stays.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kept {
+    /// Container records use it (their ids).
+    InUse(Vec<String>),
+    /// This record is pinned, and prewarm did not pin it.
+    PinnedByOther(String),
+}
+
+/// The de-listed records of one image, and what happens to them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Group {
+    /// The digest the records point at.
+    pub target: String,
+    /// De-listed records prewarm wrote.
+    pub delisted: Vec<String>,
+    /// Why they stay, if they do.
+    pub kept: Option<Kept>,
+    /// Of `delisted`, those prewarm pinned.
+    pub pinned_by_us: Vec<String>,
+    /// Every record pointing at `target` goes, so its content may be freed.
+    pub frees_image: bool,
+}
+
+/// What a gc pass did or would do, for the report and the command line.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GcReport {
+    /// False for a dry run.
+    pub applied: bool,
+    pub removed: Vec<String>,
+    pub unpinned: Vec<String>,
+    /// De-listed images that stay, and why.
+    pub kept: Vec<Group>,
+    /// Content bytes referenced only by the removed images.
+    pub freed_bytes: u64,
+    /// Disk bytes of the unpacked layers (snapshots) only the removed
+    /// images use.
+    #[serde(default)]
+    pub freed_snapshot_bytes: u64,
 }
 
 impl Summary {
@@ -124,48 +204,12 @@ impl std::fmt::Display for Summary {
     }
 }
 
-/// Writes `bytes` to `path` atomically: temp file, fsync, rename, fsync
-/// the directory. Creates the directory if needed.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    write_atomic_mode(path, bytes, None)
-}
-
-/// Like [`write_atomic`], and gives the file `mode` (e.g. `0o600`) before it
-/// appears under its name, so a secret is never readable in between.
-pub fn write_atomic_mode(path: &Path, bytes: &[u8], mode: Option<u32>) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    std::fs::create_dir_all(dir)?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "report".into());
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        if let Some(mode) = mode {
-            use std::os::unix::fs::PermissionsExt;
-            f.set_permissions(std::fs::Permissions::from_mode(mode))?;
-        }
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
-
 impl Report {
     /// Writes the report as pretty JSON, atomically.
     pub fn write(&self, path: &Path) -> std::io::Result<()> {
         let mut json = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
         json.push(b'\n');
-        write_atomic(path, &json)
+        crate::atomic::write_atomic(path, &json)
     }
 
     /// Reads a report written by [`Report::write`].

@@ -3,7 +3,7 @@
 //! ConfigMap (read with a kubeconfig, over the API server's TLS), and image
 //! archives baked into the OS image. They are merged with the inline `[[images]]` and
 //! de-duplicated by reference (and, once resolved, by digest: see
-//! [`crate::pull`]).
+//! the pull engine).
 //!
 //! A remote list that cannot be fetched, or whose body does not match its
 //! checksum, is replaced by the last good copy cached under
@@ -14,84 +14,18 @@
 //! list is incomplete never unpins or removes anything.
 
 use crate::archive::Archive;
+use crate::config::source::{parse_sha256_hex, Checksum, ListSource, SourceKind};
 use crate::config::{ImageEntry, RawImage};
 use crate::reference::Reference;
-use serde::{Deserialize, Serialize};
+use crate::report::{SourceReport, SourceStatus};
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How long a source may take when `timeout` is not set.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most a list (or a checksum file) may hold.
 pub const MAX_LIST_BYTES: usize = 4 << 20;
-/// The ConfigMap key read when `key` is not set.
-pub const DEFAULT_CONFIGMAP_KEY: &str = "images";
-
-/// One `[[sources]]` entry, validated.
-#[derive(Debug, Clone)]
-pub struct ListSource {
-    /// For messages, the report and the cache file.
-    pub name: String,
-    pub kind: SourceKind,
-    /// Bound on reading the source (all requests included).
-    pub timeout: Duration,
-    /// Default priority of its entries.
-    pub priority: i32,
-    /// Default `required` of its entries; a required source that cannot
-    /// be read fails the run (exit 5).
-    pub required: bool,
-    /// The fragment that configured it, and where in it.
-    pub defined_in: PathBuf,
-    pub key: String,
-}
-
-/// Where a list comes from.
-#[derive(Debug, Clone)]
-pub enum SourceKind {
-    /// A local TOML file with `[[images]]`, or one reference per line.
-    File { path: PathBuf },
-    /// A list fetched over HTTPS (plain HTTP only on loopback).
-    Url {
-        url: reqwest::Url,
-        checksum: Checksum,
-        /// Extra CA certificates (PEM) to trust for this source.
-        ca: Option<PathBuf>,
-    },
-    /// A key of a ConfigMap, read through the API server.
-    ConfigMap {
-        namespace: String,
-        name: String,
-        key: String,
-        /// `None`: the `[handoff]` credential.
-        kubeconfig: Option<PathBuf>,
-    },
-    /// OCI image layouts, `oci-archive` or `docker-archive` tarballs: a file,
-    /// a layout directory, or a directory of those.
-    Archive { path: PathBuf },
-}
-
-impl SourceKind {
-    fn name(&self) -> &'static str {
-        match self {
-            SourceKind::File { .. } => "file",
-            SourceKind::Url { .. } => "url",
-            SourceKind::ConfigMap { .. } => "configmap",
-            SourceKind::Archive { .. } => "archive",
-        }
-    }
-}
-
-/// How a fetched list is checked.
-#[derive(Debug, Clone)]
-pub enum Checksum {
-    /// The SHA-256 of the body, lowercase hex.
-    Sha256(String),
-    /// A detached file holding it (`sha256sum` output is fine).
-    Url(reqwest::Url),
-}
-
 /// A list that could not be read or used.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -103,35 +37,6 @@ pub enum SourceError {
     },
     #[error("image list {list}: {message}")]
     Read { list: String, message: String },
-}
-
-/// What became of one source in a run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum SourceStatus {
-    /// Read fresh.
-    Read,
-    /// Unreachable or refused; the last good copy was used.
-    Cached,
-    /// Unreachable or refused, and nothing to fall back to.
-    Failed,
-}
-
-/// One source in the report.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SourceReport {
-    pub name: String,
-    pub kind: String,
-    pub required: bool,
-    pub status: SourceStatus,
-    /// Entries it contributed.
-    pub images: usize,
-    /// SHA-256 of the list used (url sources).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sha256: Option<String>,
-    /// Why the cache was used, or why the source failed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub note: Option<String>,
 }
 
 /// The merged list and what was read to make it.
@@ -178,56 +83,6 @@ impl Incomplete {
                 .join("; "),
         }
     }
-}
-
-/// Accepts `https://…`, or `http://…` on a loopback host only.
-pub fn parse_list_url(s: &str) -> Result<reqwest::Url, String> {
-    let url = reqwest::Url::parse(s).map_err(|e| format!("{s:?} is not a URL: {e}"))?;
-    match url.scheme() {
-        "https" => Ok(url),
-        "http" if is_loopback(&url) => Ok(url),
-        "http" => Err(format!(
-            "{s:?}: plain http is only accepted for loopback hosts; use https"
-        )),
-        other => Err(format!("{s:?}: scheme {other:?} is not https")),
-    }
-}
-
-fn is_loopback(url: &reqwest::Url) -> bool {
-    match url.host_str() {
-        Some(h) => {
-            let h = h.trim_start_matches('[').trim_end_matches(']');
-            h == "localhost"
-                || h.parse::<std::net::IpAddr>()
-                    .is_ok_and(|ip| ip.is_loopback())
-        }
-        None => false,
-    }
-}
-
-/// A Kubernetes namespace name (RFC 1123 label).
-pub fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
-/// A Kubernetes object name (RFC 1123 subdomain).
-pub fn is_dns_subdomain(s: &str) -> bool {
-    s.len() <= 253 && s.split('.').all(is_dns_label)
-}
-
-/// Accepts 64 hex digits, optionally prefixed `sha256:`; returns lowercase.
-pub fn parse_sha256_hex(s: &str) -> Result<String, String> {
-    let h = s.trim();
-    let h = h.strip_prefix("sha256:").unwrap_or(h);
-    if h.len() != 64 || !h.chars().all(|c| c.is_ascii_hexdigit()) {
-        return Err(format!("{s:?} is not a SHA-256 (64 hex digits)"));
-    }
-    Ok(h.to_ascii_lowercase())
 }
 
 /// Reads a detached checksum: the first word of the first non-comment
@@ -541,7 +396,7 @@ fn read_remote(
     match fresh {
         Ok((body, entries)) => {
             report.sha256 = Some(hex::encode(Sha256::digest(&body)));
-            if let Err(e) = crate::report::write_atomic(&cache, &body) {
+            if let Err(e) = crate::atomic::write_atomic(&cache, &body) {
                 tracing::warn!(source = %src.name, cache = %cache.display(), error = %e, "caching the list");
             }
             Ok(entries)
@@ -664,7 +519,8 @@ async fn fetch_checked(
 fn http_client(ca: Option<&Path>) -> Result<reqwest::Client, String> {
     let policy = reqwest::redirect::Policy::custom(|attempt| {
         let ok = attempt.url().scheme() == "https"
-            || (attempt.url().scheme() == "http" && is_loopback(attempt.url()));
+            || (attempt.url().scheme() == "http"
+                && crate::config::source::is_loopback(attempt.url()));
         if attempt.previous().len() >= 5 {
             attempt.error("too many redirects")
         } else if ok {
@@ -717,6 +573,7 @@ async fn get(client: &reqwest::Client, url: &reqwest::Url) -> Result<Vec<u8>, St
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::source::{parse_list_url, DEFAULT_TIMEOUT};
 
     fn src(priority: i32, required: bool) -> ListSource {
         ListSource {
@@ -802,18 +659,6 @@ mod tests {
     }
 
     #[test]
-    fn urls_are_https_or_loopback() {
-        assert!(parse_list_url("https://lists.example/images.list").is_ok());
-        assert!(parse_list_url("http://127.0.0.1:8080/l").is_ok());
-        assert!(parse_list_url("http://[::1]:8080/l").is_ok());
-        assert!(parse_list_url("http://localhost/l").is_ok());
-        assert!(parse_list_url("http://lists.example/l").is_err());
-        assert!(parse_list_url("http://10.0.0.1/l").is_err());
-        assert!(parse_list_url("ftp://127.0.0.1/l").is_err());
-        assert!(parse_list_url("not a url").is_err());
-    }
-
-    #[test]
     fn merge_keeps_highest_priority_and_any_required() {
         let e = |p, r| ImageEntry {
             reference: Reference::parse("a:1").unwrap(),
@@ -854,7 +699,14 @@ mod tests {
 
     #[test]
     fn kubernetes_names() {
-        assert!(is_dns_label("kube-system") && !is_dns_label("Kube") && !is_dns_label("-a"));
-        assert!(is_dns_subdomain("prewarm.images") && !is_dns_subdomain("a..b"));
+        assert!(
+            crate::taint::is_dns_label("kube-system")
+                && !crate::taint::is_dns_label("Kube")
+                && !crate::taint::is_dns_label("-a")
+        );
+        assert!(
+            crate::taint::is_dns_subdomain("prewarm.images")
+                && !crate::taint::is_dns_subdomain("a..b")
+        );
     }
 }

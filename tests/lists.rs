@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use prewarm::report::ImageStatus;
-use prewarm::sources::SourceStatus;
+use prewarm::report::SourceStatus;
 use sha2::{Digest, Sha256};
 use testbed::{Compression::Gzip, FileServer, Format};
 

@@ -92,11 +92,11 @@ pub fn ensure_stamp(path: &Path, clock: &impl Clock) -> std::io::Result<Referenc
     let stamp = Stamp {
         boot_id: clock.boot_id()?,
         since_boot_ms: now.as_millis() as u64,
-        written_at: crate::containerd::rfc3339(std::time::SystemTime::now()),
+        written_at: crate::time::rfc3339(std::time::SystemTime::now()),
     };
     let mut json = serde_json::to_vec_pretty(&stamp).map_err(std::io::Error::other)?;
     json.push(b'\n');
-    crate::report::write_atomic(path, &json)?;
+    crate::atomic::write_atomic(path, &json)?;
     Ok(Reference::Stamp(Duration::from_millis(stamp.since_boot_ms)))
 }
 

@@ -10,7 +10,7 @@
 //! | kubelet flags env file | `/etc/default/kubelet` or `/etc/sysconfig/kubelet` | `--register-with-taints` inside `KUBELET_EXTRA_ARGS`, merged into an existing flag |
 //! | k3s / rke2 | `<config.yaml>.d/99-prewarm.yaml` | `node-taint+:` appends to the `node-taint` list of `config.yaml` and the other drop-ins |
 
-use super::Taint;
+use crate::taint::Taint;
 use serde_yaml::{Mapping, Value};
 use std::path::{Path, PathBuf};
 
@@ -239,7 +239,7 @@ pub fn kubeadm_join(path: &Path, text: &str, taint: &Taint) -> Result<Change, Ku
             defaults.push(taint_yaml(&Taint {
                 key: CONTROL_PLANE_TAINT.into(),
                 value: None,
-                effect: super::Effect::NoSchedule,
+                effect: crate::taint::Effect::NoSchedule,
             }));
         }
         *taints = Value::Sequence(defaults);
@@ -506,7 +506,7 @@ pub fn apply(path: &Path, change: &Change) -> Result<(), KubeletError> {
             let mode = std::fs::metadata(path)
                 .map(|m| m.permissions().mode() & 0o7777)
                 .unwrap_or(0o644);
-            crate::report::write_atomic_mode(path, text.as_bytes(), Some(mode)).map_err(err)
+            crate::atomic::write_atomic_mode(path, text.as_bytes(), Some(mode)).map_err(err)
         }
         Change::Remove => match std::fs::remove_file(path) {
             Ok(()) => Ok(()),
@@ -519,7 +519,7 @@ pub fn apply(path: &Path, change: &Change) -> Result<(), KubeletError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::node::Effect;
+    use crate::taint::Effect;
 
     fn ours() -> Taint {
         Taint {

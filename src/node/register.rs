@@ -24,9 +24,9 @@
 use super::api::{resource_version, taints, ApiError, KubeNodeApi, NodeApi};
 use super::clock::{Clock, Reference};
 use super::kubelet::{self, Change, KubeletError, Source};
-use super::Taint;
 use crate::config::{ConfigError, HandoffMode, RegisterMethod, RegisterSettings, Settings};
 use crate::retry::Retry;
+use crate::taint::Taint;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 
@@ -314,7 +314,7 @@ pub async fn pre_taint(
 mod tests {
     use super::*;
     use crate::node::api::fake::FakeApi;
-    use crate::node::Effect;
+    use crate::taint::Effect;
     use std::time::Duration;
 
     fn ours() -> Taint {

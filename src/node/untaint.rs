@@ -19,10 +19,11 @@
 
 use super::api::{pointer_escape, resource_version, taints, ApiError, NodeApi};
 use super::clock::{Clock, Reference};
-use super::{Taint, ANNOTATION};
+use super::ANNOTATION;
 use crate::config::{Handoff, HandoffMode, OnDeadline};
 use crate::report::Report;
 use crate::retry::Retry;
+use crate::taint::Taint;
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -536,7 +537,7 @@ fn condition_message(r: &Record) -> String {
 /// A strategic merge patch for `status.conditions` (merged by `type`).
 /// `lastTransitionTime` moves only when the status changes.
 pub fn condition_patch(node: &Value, ct: &str, status: &str, reason: &str, message: &str) -> Value {
-    let now = crate::containerd::rfc3339(std::time::SystemTime::now());
+    let now = crate::time::rfc3339(std::time::SystemTime::now());
     let existing = node
         .pointer("/status/conditions")
         .and_then(Value::as_array)
@@ -789,7 +790,7 @@ mod tests {
         let taint = Taint {
             key: "a.io/b".into(),
             value: None,
-            effect: super::super::Effect::NoSchedule,
+            effect: crate::taint::Effect::NoSchedule,
         };
         let ops = remove_taint_ops(2, &taint);
         assert_eq!(ops[0]["path"], "/spec/taints/2/key");
