@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 pub enum ArchiveError {
     #[error("archive {}: {message}", path.display())]
     Invalid { path: PathBuf, message: String },
-    #[error("archive {}: {source}", path.display())]
+    #[error("archive {}", path.display())]
     Io {
         path: PathBuf,
         source: std::io::Error,

@@ -19,7 +19,7 @@ impl DiskUsage {
 
 /// Reading disk usage failed.
 #[derive(Debug, thiserror::Error)]
-#[error("statvfs {path}: {source}")]
+#[error("statvfs {path}")]
 pub struct DiskError {
     pub path: PathBuf,
     pub source: nix::Error,

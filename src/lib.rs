@@ -85,43 +85,74 @@ pub enum Exit {
     ListUnavailable = 6,
 }
 
-/// Maps an error to its exit code.
+/// Maps an error to its exit code: the first cause in the chain that has
+/// one decides; an error none of them explains is a failure (1).
 pub fn exit_for(e: &anyhow::Error) -> Exit {
-    for cause in e.chain() {
-        if cause.is::<ConfigError>() {
-            return Exit::Config;
-        }
-        if let Some(c) = cause.downcast_ref::<containerd::ContainerdError>() {
-            if matches!(c, containerd::ContainerdError::Connect { .. }) {
-                return Exit::Unreachable;
-            }
-        }
-        if cause.is::<cri::CriError>() {
-            return Exit::Unreachable;
-        }
-        if let Some(r) = cause.downcast_ref::<node::register::RegisterError>() {
-            if matches!(r, node::register::RegisterError::Undetected { .. }) {
-                return Exit::Config;
-            }
-        }
-        if let Some(a) = cause.downcast_ref::<node::api::ApiError>() {
-            return match a {
-                node::api::ApiError::Kubeconfig { .. } => Exit::Config,
-                _ => Exit::KubeApi,
-            };
-        }
-        if cause.is::<node::untaint::UntaintError>() {
-            return Exit::KubeApi;
-        }
-        if cause.is::<sources::Incomplete>() {
-            return Exit::ListUnavailable;
-        }
-        // Only check-config lets a list's error through: a bad local list.
-        if cause.is::<sources::SourceError>() {
-            return Exit::Config;
-        }
+    e.chain().find_map(exit_of).unwrap_or(Exit::Failure)
+}
+
+/// The exit code one cause stands for, if it stands for one.
+fn exit_of(cause: &(dyn std::error::Error + 'static)) -> Option<Exit> {
+    use containerd::ContainerdError;
+    use node::{api::ApiError, register::RegisterError, untaint::UntaintError};
+    use registry::RegistryError;
+    if cause.is::<ConfigError>() {
+        return Some(Exit::Config);
     }
-    Exit::Failure
+    if let Some(r) = cause.downcast_ref::<RegistryError>() {
+        // The node's hosts.toml, CA files and config.json are configuration.
+        return match r {
+            RegistryError::HostsConfig { .. } | RegistryError::AuthFile { .. } => {
+                Some(Exit::Config)
+            }
+            _ => None,
+        };
+    }
+    if let Some(c) = cause.downcast_ref::<ContainerdError>() {
+        // Only a failed connect: containerd answers `Unavailable` for an
+        // ingest ref another writer holds, too.
+        return matches!(c, ContainerdError::Connect { .. }).then_some(Exit::Unreachable);
+    }
+    if let Some(c) = cause.downcast_ref::<cri::CriError>() {
+        // Only a CRI that is not there: an answer we did not like is a
+        // failure like any other.
+        return match c {
+            cri::CriError::Call { status, .. } if unreachable(status) => Some(Exit::Unreachable),
+            _ => None,
+        };
+    }
+    if let Some(r) = cause.downcast_ref::<RegisterError>() {
+        return matches!(r, RegisterError::Undetected { .. }).then_some(Exit::Config);
+    }
+    if let Some(a) = cause.downcast_ref::<ApiError>() {
+        return Some(match a {
+            ApiError::Kubeconfig { .. } => Exit::Config,
+            _ => Exit::KubeApi,
+        });
+    }
+    if let Some(u) = cause.downcast_ref::<UntaintError>() {
+        return match u {
+            UntaintError::Api(_) | UntaintError::NeverAppeared { .. } => Some(Exit::KubeApi),
+            UntaintError::Clock(_) => None,
+        };
+    }
+    if cause.is::<sources::Incomplete>() {
+        return Some(Exit::ListUnavailable);
+    }
+    // Only check-config lets a list's error through: a bad local list.
+    if cause.is::<sources::SourceError>() {
+        return Some(Exit::Config);
+    }
+    None
+}
+
+/// A gRPC status that means the service is not there to answer: down,
+/// not listening, or without the API we call.
+fn unreachable(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable | tonic::Code::Unimplemented
+    )
 }
 
 /// Loads and validates the configuration the command line points at.
@@ -542,10 +573,9 @@ async fn register(settings: Settings) -> anyhow::Result<Exit> {
 async fn boot(settings: Settings) -> anyhow::Result<Exit> {
     let registered = register(settings.clone()).await;
     if let Err(e) = &registered {
-        let chain: Vec<String> = e.chain().map(ToString::to_string).collect();
         tracing::error!(
             "register failed, pulling anyway (the node joins without the taint): {}",
-            chain.join(": ")
+            error_chain(e.as_ref())
         );
     }
     systemd::notify("READY=1");
@@ -555,8 +585,7 @@ async fn boot(settings: Settings) -> anyhow::Result<Exit> {
         Ok(code) => pulled.map(|p| if p == Exit::Ok { code } else { p }),
         Err(e) => {
             if let Err(p) = pulled {
-                let chain: Vec<String> = p.chain().map(ToString::to_string).collect();
-                tracing::error!("pull: {}", chain.join(": "));
+                tracing::error!("pull: {}", error_chain(p.as_ref()));
             }
             Err(e)
         }
@@ -710,4 +739,131 @@ pub fn init_logging(verbose: u8) {
         .with(timed)
         .with(journald)
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn status(code: tonic::Code) -> tonic::Status {
+        tonic::Status::new(code, "x")
+    }
+
+    /// Every documented code an error can give, and the errors that must
+    /// not give one. Codes 0 and 3 come from a run's outcome, not an error.
+    #[test]
+    fn exit_codes_follow_the_contract() {
+        let config = ConfigError::Invalid {
+            path: "/etc/prewarm/config.d/40-local.toml".into(),
+            key: "pull.deadline".into(),
+            message: "m".into(),
+        };
+        let hosts = registry::RegistryError::HostsConfig {
+            path: "/etc/containerd/certs.d/r/hosts.toml".into(),
+            key: "ca".into(),
+            message: "m".into(),
+        };
+        let auth = registry::RegistryError::AuthFile {
+            path: "/root/.docker/config.json".into(),
+            message: "m".into(),
+        };
+        let registry_down = registry::RegistryError::NoHosts {
+            image: "r/a:1".into(),
+            domain: "r".into(),
+            capability: "pull",
+        };
+        let connect = containerd::ContainerdError::Connect {
+            socket: PathBuf::from("/run/x.sock"),
+            message: "m".into(),
+        };
+        let locked = containerd::ContainerdError::Call {
+            op: "Write",
+            subject: "layer-sha256:1".into(),
+            status: status(tonic::Code::Unavailable),
+        };
+        let cri = |code| cri::CriError::Call {
+            op: "ImageStatus",
+            subject: "r/a:1".into(),
+            status: status(code),
+        };
+        let undetected = node::register::RegisterError::Undetected {
+            checked: "c".into(),
+        };
+        let kubeconfig = node::api::ApiError::Kubeconfig {
+            path: "/etc/kubernetes/kubelet.conf".into(),
+            message: "m".into(),
+        };
+        let forbidden = node::api::ApiError::Status {
+            node: "n".into(),
+            op: "patch",
+            principal: "p".into(),
+            code: 403,
+            reason: "Forbidden".into(),
+            message: "m".into(),
+        };
+        let never = node::untaint::UntaintError::NeverAppeared {
+            node: "n".into(),
+            waited: std::time::Duration::from_secs(1),
+        };
+        let clock = node::untaint::UntaintError::Clock(std::io::Error::other("x"));
+        let incomplete = sources::Incomplete {
+            failed: "team".into(),
+        };
+        let bad_list = sources::SourceError::Read {
+            list: "l".into(),
+            message: "m".into(),
+        };
+
+        let cases: Vec<(anyhow::Error, Exit)> = vec![
+            (anyhow::anyhow!("something else"), Exit::Failure),
+            (config.into(), Exit::Config),
+            (hosts.into(), Exit::Config),
+            (auth.into(), Exit::Config),
+            (registry_down.into(), Exit::Failure),
+            (undetected.into(), Exit::Config),
+            (kubeconfig.into(), Exit::Config),
+            (bad_list.into(), Exit::Config),
+            (connect.into(), Exit::Unreachable),
+            (locked.into(), Exit::Failure),
+            (cri(tonic::Code::Unavailable).into(), Exit::Unreachable),
+            (cri(tonic::Code::Unimplemented).into(), Exit::Unreachable),
+            (cri(tonic::Code::NotFound).into(), Exit::Failure),
+            (forbidden.into(), Exit::KubeApi),
+            (never.into(), Exit::KubeApi),
+            (clock.into(), Exit::Failure),
+            (incomplete.into(), Exit::ListUnavailable),
+        ];
+        for (e, want) in cases {
+            let shown = error_chain(e.as_ref());
+            assert_eq!(exit_for(&e), want, "{shown}");
+            // The code does not depend on context wrapped around the cause.
+            let wrapped = e.context("pulling r/a:1");
+            assert_eq!(exit_for(&wrapped), want, "{shown}");
+        }
+        let numbers = [
+            Exit::Ok,
+            Exit::Failure,
+            Exit::Config,
+            Exit::RequiredMissing,
+            Exit::Unreachable,
+            Exit::KubeApi,
+            Exit::ListUnavailable,
+        ]
+        .map(|e| e as i32);
+        assert_eq!(numbers, [0, 1, 2, 3, 4, 5, 6]);
+    }
+
+    #[test]
+    fn error_chain_names_each_cause_once() {
+        let e = ConfigError::Read {
+            path: "/etc/prewarm/config.d/x.toml".into(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        };
+        let e = anyhow::Error::from(e).context("loading the configuration");
+        assert_eq!(
+            error_chain(e.as_ref()),
+            "loading the configuration: reading /etc/prewarm/config.d/x.toml: entity not found"
+        );
+    }
 }

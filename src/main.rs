@@ -28,8 +28,7 @@ fn main() {
     let code = match runtime.block_on(prewarm::run(cli)) {
         Ok(exit) => exit,
         Err(e) => {
-            let chain: Vec<String> = e.chain().map(ToString::to_string).collect();
-            eprintln!("prewarm: {}", chain.join(": "));
+            eprintln!("prewarm: {}", prewarm::error_chain(e.as_ref()));
             prewarm::exit_for(&e)
         }
     };

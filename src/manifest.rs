@@ -14,7 +14,7 @@ pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.
 /// Why a manifest, index or config could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
-    #[error("{what} {digest}: invalid JSON: {source}")]
+    #[error("{what} {digest}: invalid JSON")]
     Json {
         what: &'static str,
         digest: String,

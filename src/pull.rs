@@ -219,6 +219,16 @@ impl Engine {
     /// Connects to containerd and CRI and finds the snapshotter and disk.
     pub async fn connect(settings: Settings) -> Result<Self, anyhow::Error> {
         use anyhow::Context;
+        // The registry side is configuration only: check it before any
+        // daemon is contacted.
+        let registries = Registries::new(crate::registry::RegistryOptions {
+            config_path: settings.registry_config_path.clone(),
+            auth_file: settings.auth_file.clone(),
+            connect_timeout: settings.registry_connect_timeout,
+            read_timeout: settings.registry_read_timeout,
+            user_agent: format!("prewarm/{}", env!("CARGO_PKG_VERSION")),
+        })?;
+        registries.check_hosts(settings.images.iter().map(|i| i.reference.domain.as_str()))?;
         let containerd = Containerd::connect(
             &settings.socket,
             &settings.namespace,
@@ -236,13 +246,6 @@ impl Engine {
             .snapshotter
             .clone()
             .unwrap_or(image_fs.snapshotter.clone());
-        let registries = Registries::new(crate::registry::RegistryOptions {
-            config_path: settings.registry_config_path.clone(),
-            auth_file: settings.auth_file.clone(),
-            connect_timeout: settings.registry_connect_timeout,
-            read_timeout: settings.registry_read_timeout,
-            user_agent: format!("prewarm/{}", env!("CARGO_PKG_VERSION")),
-        })?;
         let disk_path = image_fs.mountpoint.display().to_string();
         Ok(Engine {
             bandwidth: Bandwidth::new(settings.bandwidth),
@@ -592,7 +595,7 @@ impl Engine {
                 let budget = match self.budget() {
                     Ok(b) => b,
                     Err(e) => {
-                        tracing::error!(%e, "reading disk usage");
+                        tracing::error!(error = %crate::error_chain(&e), "reading disk usage");
                         return;
                     }
                 };

@@ -603,6 +603,19 @@ impl Registries {
         send(Some(authorization.header)).await
     }
 
+    /// Reads the `hosts.toml` files and CA certificates of `domains` now,
+    /// so that a broken one is a configuration error before anything is
+    /// pulled, rather than a failed image later. Touches no network.
+    pub fn check_hosts<'a>(
+        &self,
+        domains: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(), RegistryError> {
+        for domain in domains {
+            self.endpoints(domain)?;
+        }
+        Ok(())
+    }
+
     /// The hosts for `domain`, loaded on first use.
     fn endpoints(&self, domain: &str) -> Result<Arc<[Endpoint]>, RegistryError> {
         let mut cache = self

@@ -10,7 +10,7 @@
 //! `<state-dir>/sources/`, and the log and the report say so. Without a
 //! cached copy the source has failed: the run goes on with the other
 //! sources, names the source in the log and the report, and exits with
-//! code 5 when the source is `required` (see the crate docs). A run whose
+//! code 6 when the source is `required` (see the crate docs). A run whose
 //! list is incomplete never unpins or removes anything.
 
 use crate::archive::Archive;

@@ -31,13 +31,11 @@ fn every_bad_fixture_is_refused_with_file_and_key() {
             continue;
         }
         let text = std::fs::read_to_string(&path).unwrap();
-        let Some(expect) = text
+        let expect = text
             .lines()
             .next()
             .and_then(|l| l.strip_prefix("# expect: "))
-        else {
-            continue;
-        };
+            .unwrap_or_else(|| panic!("{name}: the first line must be `# expect: <error text>`"));
         let (code, _, stderr) = check_config(empty.path(), Some(&path));
         assert_eq!(code, 2, "{name}: {stderr}");
         assert!(
@@ -57,7 +55,8 @@ fn every_bad_fixture_is_refused_with_file_and_key() {
         );
         checked += 1;
     }
-    assert!(checked >= 15, "only {checked} fixtures checked");
+    // A fixture directory that went missing must not pass for an empty one.
+    assert!(checked >= 47, "only {checked} fixtures checked");
 }
 
 #[test]
@@ -121,5 +120,71 @@ fn the_readme_configuration_is_accepted() {
         std::fs::write(&file, text).unwrap();
         let (code, out, err) = check_config(&root, Some(&file));
         assert_eq!(code, 0, "README block {i}:\n{text}\n{out}{err}");
+    }
+}
+
+/// The node's registry files are configuration too: a broken `hosts.toml`,
+/// a CA file it names that is missing, or a broken docker `config.json`
+/// exits 2 naming the file, and before containerd is contacted (the socket
+/// here does not exist, which would be exit 4).
+#[test]
+fn broken_registry_files_exit_2_before_containerd_is_contacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    let certs = dir.path().join("certs.d");
+    let write = |p: &Path, text: &str| {
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    };
+    let good_auth = dir.path().join("config.json");
+    write(&good_auth, "{\"auths\": {}}\n");
+    let cases = [
+        (
+            "not-toml",
+            "[host.\"https://m.example\"\n".to_string(),
+            good_auth.clone(),
+            "hosts.toml",
+        ),
+        (
+            "missing-ca",
+            "server = \"https://r.example\"\n[host.\"https://m.example\"]\n\
+             capabilities = [\"pull\", \"resolve\"]\nca = \"/nonexistent/ca.pem\"\n"
+                .to_string(),
+            good_auth.clone(),
+            "/nonexistent/ca.pem",
+        ),
+        (
+            "bad-auth",
+            "server = \"https://r.example\"\n".to_string(),
+            dir.path().join("broken.json"),
+            "broken.json",
+        ),
+    ];
+    write(&dir.path().join("broken.json"), "{\"auths\": [1,\n");
+    for (name, hosts, auth, names) in cases {
+        write(&certs.join("r.example").join("hosts.toml"), &hosts);
+        let cfg = dir.path().join(format!("{name}.toml"));
+        write(
+            &cfg,
+            &format!(
+                "version = 1\n[containerd]\nsocket = {:?}\n\
+                 [registry]\nconfig-path = {certs:?}\nauth-file = {auth:?}\n\
+                 [[images]]\nref = \"r.example/team/app:1\"\n",
+                dir.path().join("no-containerd.sock")
+            ),
+        );
+        let out = Command::new(env!("CARGO_BIN_EXE_prewarm"))
+            .arg("--config-root")
+            .arg(&root)
+            .arg("--config")
+            .arg(&cfg)
+            .arg("pull")
+            .output()
+            .expect("running prewarm");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name}: {stderr}");
+        assert!(stderr.contains(names), "{name}: want {names:?} in {stderr}");
+        assert!(!stderr.contains("no-containerd.sock"), "{name}: {stderr}");
     }
 }

@@ -20,7 +20,7 @@ pub struct ListSource {
     /// Default priority of its entries.
     pub priority: i32,
     /// Default `required` of its entries; a required source that cannot
-    /// be read fails the run (exit 5).
+    /// be read fails the run (exit 6).
     pub required: bool,
     /// The fragment that configured it, and where in it.
     pub defined_in: PathBuf,

@@ -40,7 +40,7 @@ pub enum RegisterError {
     Undetected { checked: String },
     #[error(transparent)]
     File(#[from] KubeletError),
-    #[error("writing the start stamp {path}: {source}")]
+    #[error("writing the start stamp {path}")]
     Stamp {
         path: PathBuf,
         source: std::io::Error,
