@@ -2,6 +2,20 @@
 //! budget. Pure: values in, values out.
 
 use serde::Serialize;
+use std::collections::HashSet;
+
+/// A piece of disk an image needs: a blob in the content store, or one of
+/// its layers unpacked into a snapshot. Images that share a base share its
+/// parts, and a part is paid for once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Part {
+    /// What makes two parts the same: a blob's digest, or `snapshot:` and
+    /// a layer's chain ID.
+    pub key: String,
+    pub bytes: u64,
+    /// The store already holds it: it costs nothing.
+    pub held: bool,
+}
 
 /// What the planner knows about one listed image.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -12,16 +26,20 @@ pub struct Candidate {
     pub required: bool,
     /// Already complete in containerd and visible under all its names.
     pub present: bool,
-    /// Bytes to download (compressed layers, config, manifests).
-    pub compressed: u64,
-    /// Estimated bytes once unpacked into snapshots.
-    pub unpacked: u64,
+    /// Everything it would write: compressed blobs (layers, config,
+    /// manifests) and unpacked layers.
+    pub parts: Vec<Part>,
 }
 
 impl Candidate {
-    /// Disk space the image needs: content plus snapshots.
+    /// Disk space the image needs on its own: the parts the store does not
+    /// hold yet.
     pub fn need(&self) -> u64 {
-        self.compressed.saturating_add(self.unpacked)
+        self.parts
+            .iter()
+            .filter(|p| !p.held)
+            .map(|p| p.bytes)
+            .fold(0, u64::saturating_add)
     }
 }
 
@@ -74,8 +92,10 @@ pub struct Step {
 
 /// Orders and budgets the candidates: present images first (they cost
 /// nothing), then required before best-effort, higher priority first,
-/// smaller first within a priority, then list order. An image that does
-/// not fit is skipped and the next, smaller ones still get their chance.
+/// smaller first within a priority, then list order. Each image is charged
+/// only for the parts that neither the store nor an image planned before it
+/// brings. An image that does not fit is skipped, and the next, smaller
+/// ones still get their chance.
 pub fn plan(candidates: &[Candidate], budget: Budget) -> Vec<Step> {
     let mut order: Vec<&Candidate> = candidates.iter().collect();
     order.sort_by_key(|c| {
@@ -88,21 +108,32 @@ pub fn plan(candidates: &[Candidate], budget: Budget) -> Vec<Step> {
         )
     });
     let mut left = budget.allowance();
+    let mut charged: HashSet<&str> = HashSet::new();
     order
         .into_iter()
         .map(|c| {
-            let (decision, need) = if c.present {
-                (Decision::Present, 0)
-            } else if c.need() <= left {
-                left -= c.need();
-                (Decision::Pull, c.need())
+            let mut new: Vec<&Part> = c
+                .parts
+                .iter()
+                .filter(|p| !p.held && !charged.contains(p.key.as_str()))
+                .collect();
+            // The same part twice in one image is one part.
+            new.sort_by(|a, b| a.key.cmp(&b.key));
+            new.dedup_by(|a, b| a.key == b.key);
+            let need = new.iter().map(|p| p.bytes).fold(0, u64::saturating_add);
+            let decision = if c.present {
+                Decision::Present
+            } else if need <= left {
+                left -= need;
+                charged.extend(new.iter().map(|p| p.key.as_str()));
+                Decision::Pull
             } else {
-                (Decision::Skip(SkipReason::DiskBudget), c.need())
+                Decision::Skip(SkipReason::DiskBudget)
             };
             Step {
                 position: c.position,
                 decision,
-                need,
+                need: if c.present { 0 } else { need },
             }
         })
         .collect()
@@ -124,14 +155,22 @@ mod tests {
 
     const GIB: u64 = 1 << 30;
 
+    fn part(key: &str, gib: u64, held: bool) -> Part {
+        Part {
+            key: key.into(),
+            bytes: gib * GIB,
+            held,
+        }
+    }
+
+    /// An image of its own: nothing shared with the others.
     fn c(position: usize, priority: i32, required: bool, size_gib: u64) -> Candidate {
         Candidate {
             position,
             priority,
             required,
             present: false,
-            compressed: size_gib * GIB / 2,
-            unpacked: size_gib * GIB / 2,
+            parts: vec![part(&format!("own-{position}"), size_gib, false)],
         }
     }
 
@@ -218,6 +257,64 @@ mod tests {
         for (name, cands, avail, want) in cases {
             assert_eq!(decisions(&plan(&cands, budget(avail))), want, "{name}");
         }
+    }
+
+    /// Three images on one 6 GiB base (CUDA-like) with 1 GiB of their own
+    /// each need 9 GiB together, not 21.
+    #[test]
+    fn shared_layers_are_counted_once() {
+        let on_base = |position, held_base| Candidate {
+            position,
+            priority: 0,
+            required: false,
+            present: false,
+            parts: vec![
+                part("base-content", 2, held_base),
+                part("snapshot:base", 4, held_base),
+                part(&format!("own-{position}"), 1, false),
+            ],
+        };
+        let three = [on_base(0, false), on_base(1, false), on_base(2, false)];
+        let steps = plan(&three, budget(19));
+        assert!(
+            steps.iter().all(|s| s.decision == Decision::Pull),
+            "{steps:?}"
+        );
+        let needs: Vec<u64> = steps.iter().map(|s| s.need / GIB).collect();
+        assert_eq!(needs, [7, 1, 1]);
+        // 8 GiB: the first two fit, the third does not.
+        let steps = plan(&three, budget(18));
+        let skip = Decision::Skip(SkipReason::DiskBudget);
+        assert_eq!(
+            decisions(&steps),
+            [(0, Decision::Pull), (1, Decision::Pull), (2, skip)]
+        );
+        // A skipped image pays for nothing: the base stays unpaid when the
+        // first image does not fit, and a smaller one of its own still does.
+        let mixed = [on_base(0, false), c(1, 0, false, 2)];
+        let steps = plan(&mixed, budget(13));
+        assert_eq!(decisions(&steps), [(1, Decision::Pull), (0, skip)]);
+    }
+
+    /// A base already on the node costs nothing: only the image's own parts
+    /// count, although the image as a whole is not present.
+    #[test]
+    fn partial_presence_counts_only_what_is_missing() {
+        let img = Candidate {
+            position: 0,
+            priority: 0,
+            required: true,
+            present: false,
+            parts: vec![
+                part("base-content", 2, true),
+                part("snapshot:base", 4, true),
+                part("own", 1, false),
+            ],
+        };
+        assert_eq!(img.need(), GIB);
+        let steps = plan(&[img], budget(11));
+        assert_eq!(steps[0].decision, Decision::Pull);
+        assert_eq!(steps[0].need, GIB);
     }
 
     #[test]

@@ -124,6 +124,18 @@ pub struct Resolved {
     pub unpacked_sizes: Vec<Option<u64>>,
     /// Where the blobs come from.
     pub origin: Origin,
+    /// What the store already holds of each layer; empty until taken
+    /// stock of (then nothing counts as held).
+    pub stored: Vec<Stored>,
+}
+
+/// What containerd already holds of one layer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stored {
+    /// The compressed blob is in the content store.
+    pub content: bool,
+    /// The layer is unpacked: its chain ID is a committed snapshot.
+    pub snapshot: bool,
 }
 
 impl Resolved {
@@ -143,25 +155,54 @@ impl Resolved {
                 .sum::<u64>()
     }
 
-    /// Estimated unpacked bytes: the known sizes, else `ratio` times the
-    /// compressed size.
-    pub fn unpacked_estimate(&self, ratio: f64) -> u64 {
-        self.layers
-            .iter()
-            .enumerate()
-            .map(
-                |(i, l)| match self.unpacked_sizes.get(i).copied().flatten() {
-                    Some(known) => known,
-                    None => {
-                        let compressed = !matches!(
-                            manifest::layer_compression(&l.media_type),
-                            Some(manifest::Compression::None)
-                        );
-                        plan::estimate_unpacked(l.size.max(0) as u64, compressed, ratio)
-                    }
-                },
-            )
-            .sum()
+    /// Estimated unpacked bytes of layer `i`: the size its stream records,
+    /// else `ratio` times its compressed size.
+    pub fn layer_unpacked(&self, i: usize, ratio: f64) -> u64 {
+        let Some(l) = self.layers.get(i) else {
+            return 0;
+        };
+        self.unpacked_sizes
+            .get(i)
+            .copied()
+            .flatten()
+            .unwrap_or_else(|| {
+                let compressed = !matches!(
+                    manifest::layer_compression(&l.media_type),
+                    Some(manifest::Compression::None)
+                );
+                plan::estimate_unpacked(l.size.max(0) as u64, compressed, ratio)
+            })
+    }
+
+    /// What the image would write, part by part, and which parts the store
+    /// already holds (see [`Engine::take_stock`]): the small blobs, each
+    /// layer's blob, and each layer unpacked.
+    pub fn parts(&self, ratio: f64) -> Vec<plan::Part> {
+        let small = self.index.iter().chain([&self.manifest, &self.config]);
+        let mut parts: Vec<plan::Part> = small
+            .map(|b| plan::Part {
+                key: b.desc.digest.clone(),
+                bytes: b.bytes.len() as u64,
+                held: false,
+            })
+            .collect();
+        for (i, l) in self.layers.iter().enumerate() {
+            let stored = self.stored.get(i).copied().unwrap_or_default();
+            parts.push(plan::Part {
+                key: l.digest.clone(),
+                bytes: l.size.max(0) as u64,
+                held: stored.content,
+            });
+            parts.push(plan::Part {
+                key: format!(
+                    "snapshot:{}",
+                    self.chain_ids.get(i).map_or("", String::as_str)
+                ),
+                bytes: self.layer_unpacked(i, ratio),
+                held: stored.snapshot,
+            });
+        }
+        parts
     }
 
     /// The image ID kubelet shows: the config digest.
@@ -355,6 +396,7 @@ impl Engine {
             diff_ids: config.rootfs.diff_ids,
             chain_ids,
             unpacked_sizes: Vec::new(),
+            stored: Vec::new(),
             origin,
         })
     }
@@ -365,6 +407,7 @@ impl Engine {
     pub async fn read_unpacked_sizes(&self, r: &mut Resolved) {
         let image = &r.entry.reference;
         let origin = &r.origin;
+        let ratio = self.settings.unpack_ratio;
         let sizes = futures_util::future::join_all(r.layers.iter().map(|l| async move {
             let size = l.size.max(0) as u64;
             let fetch = |start: u64, len: u64| async move {
@@ -381,11 +424,12 @@ impl Engine {
             match manifest::layer_compression(&l.media_type)? {
                 manifest::Compression::None => Some(size),
                 manifest::Compression::Gzip if size >= 4 => {
-                    crate::estimate::gzip_isize(&fetch(size - 4, 4).await?, size)
+                    let guess = plan::estimate_unpacked(size, true, ratio);
+                    crate::estimate::gzip_isize(&fetch(size - 4, 4).await?, size, guess)
                 }
                 manifest::Compression::Zstd => {
                     let len = crate::estimate::ZSTD_HEADER_MAX.min(size);
-                    crate::estimate::zstd_content_size(&fetch(0, len).await?)
+                    crate::estimate::zstd_content_size(&fetch(0, len).await?, size)
                 }
                 manifest::Compression::Gzip => None,
             }
@@ -401,6 +445,19 @@ impl Engine {
         reference: &Reference,
         d: &manifest::Descriptor,
     ) -> Result<Bytes, PullError> {
+        // A config is JSON of a few KiB; the size comes from the manifest,
+        // which anyone can write. Held to the manifests' limit.
+        let limit = crate::registry::MAX_MANIFEST_BYTES;
+        if !(0..=limit as i64).contains(&d.size) {
+            return Err(PullError::Blob {
+                reference: reference.to_string(),
+                digest: d.digest.clone(),
+                message: format!(
+                    "the manifest gives it {} bytes; at most {limit} are read",
+                    d.size
+                ),
+            });
+        }
         if let Some(a) = origin.archive_with(&d.digest) {
             // Read whole and checked against its digest.
             let bytes = a.read(&d.digest)?;
@@ -423,7 +480,7 @@ impl Engine {
                 PullError::is_retryable,
                 |_| async {
                     let mut blob = self.registries.open_blob(reference, &d.digest, 0).await?;
-                    let mut buf = Vec::with_capacity(d.size.max(0) as usize);
+                    let mut buf = Vec::with_capacity(d.size as usize);
                     while let Some(chunk) = blob.stream.next().await {
                         let chunk: Bytes = chunk?;
                         buf.extend_from_slice(&chunk);
@@ -470,6 +527,23 @@ impl Engine {
         }
     }
 
+    /// Finds which layers of a not yet present image the store already
+    /// holds, as blobs and unpacked, so that the plan charges only the rest.
+    pub async fn take_stock(&self, r: &mut Resolved) -> Result<(), ContainerdError> {
+        let mut stored = Vec::with_capacity(r.layers.len());
+        for (layer, chain) in r.layers.iter().zip(&r.chain_ids) {
+            stored.push(Stored {
+                content: self.containerd.content_info(&layer.digest).await?.is_some(),
+                snapshot: self
+                    .containerd
+                    .snapshot_exists(&self.snapshotter, chain)
+                    .await?,
+            });
+        }
+        r.stored = stored;
+        Ok(())
+    }
+
     /// The disk budget now.
     pub fn budget(&self) -> Result<Budget, crate::disk::DiskError> {
         let u = self.disk.usage()?;
@@ -498,6 +572,9 @@ impl Engine {
                     Ok(present) => {
                         if !present {
                             self.read_unpacked_sizes(&mut r).await;
+                            if let Err(e) = self.take_stock(&mut r).await {
+                                return Prepared::Failed(crate::error_chain(&e));
+                            }
                         }
                         Prepared::Ready {
                             r: Box::new(r),
@@ -545,8 +622,7 @@ impl Engine {
                     priority: r.entry.priority,
                     required: r.entry.required,
                     present: *present,
-                    compressed: r.compressed_size(),
-                    unpacked: r.unpacked_estimate(ratio),
+                    parts: r.parts(ratio),
                 }),
                 Prepared::Failed(_) | Prepared::Same => None,
             })
@@ -814,7 +890,7 @@ impl Engine {
                 let chain = &r.chain_ids[i];
                 // containerd writes the unpacked layer itself: check there is
                 // room first, and watch free space while it works.
-                let estimate = r.unpacked_sizes.get(i).copied().flatten().unwrap_or(0);
+                let estimate = r.layer_unpacked(i, self.settings.unpack_ratio);
                 self.unpack_pace.take(0).await;
                 self.check_reserve(estimate)?;
                 let unpack = self.containerd.unpack_layer(

@@ -226,3 +226,70 @@ async fn aborts_cleanly_when_space_runs_out_mid_pull() {
     );
     std::fs::remove_file(&filler).unwrap();
 }
+
+/// Four images on one 60 MiB base, with 4 MiB of their own each. Counted
+/// per image they need 4 × 128 MiB, far over the ~270 MiB above the
+/// reserve; counted once, 120 + 4 × 8 MiB fit. A second pass over a node
+/// that already holds the base charges only the new image's own layer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn layers_shared_between_images_are_counted_once() {
+    let (env, fs) = small_env(400);
+    let host = env.registry.host();
+    let base = layers(700, &[Gzip], 60 << 20).remove(0);
+    let image = |i: u64| {
+        let own = layers(800 + i, &[Gzip], 4 << 20).remove(0);
+        push(
+            &host,
+            &format!("cuda/app{i}:1"),
+            &[linux("amd64", None, vec![base.clone(), own])],
+            Format::Oci,
+            &env.path("images"),
+        )
+    };
+    let pushed: Vec<_> = (0..5).map(image).collect();
+    // The premise: one base blob, shared.
+    let bases: std::collections::BTreeSet<&str> = pushed
+        .iter()
+        .map(|p| p.manifests[0].layer_digests[0].as_str())
+        .collect();
+    assert_eq!(bases.len(), 1, "{bases:?}");
+    let refs: Vec<(&str, bool)> = pushed[..4]
+        .iter()
+        .map(|p| (p.reference.as_str(), false))
+        .collect();
+    let extra = "[disk]\nreserve = \"100MiB\"\nmax-usage-percent = 100\n";
+    let config = env.config(&refs, extra);
+    let out = env.prewarm(&["pull", "--config", config.to_str().unwrap()]);
+    assert_eq!(exit_code(&out), 0);
+    let report = env.report();
+    assert_eq!(report.summary.pulled, 4, "{report:#?}");
+    assert!(fs.available() >= 100 * MIB, "the reserve held");
+    for img in &pushed[..4] {
+        env.assert_visible(img, 0).await;
+    }
+
+    // The fifth image: the base is on the node, so the plan charges only
+    // its own layer (4 MiB compressed, about as much unpacked), although
+    // the image as a whole is not present.
+    let refs: Vec<(&str, bool)> = pushed
+        .iter()
+        .map(|p| (p.reference.as_str(), false))
+        .collect();
+    let config = env.config(&refs, extra);
+    let out = env.prewarm(&["plan", "--config", config.to_str().unwrap()]);
+    let plan = String::from_utf8_lossy(&out.stdout);
+    let line = plan
+        .lines()
+        .find(|l| l.contains("cuda/app4:1"))
+        .unwrap_or_else(|| panic!("{plan}"));
+    let need: u64 = line
+        .split_whitespace()
+        .nth(3)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(line.contains(" pull "), "{line}");
+    assert!(
+        (8 * MIB..12 * MIB).contains(&need),
+        "only its own layer is charged: {need} bytes: {line}"
+    );
+}
