@@ -22,4 +22,6 @@ if [[ ${PREWARM_VM_TEST:-0} == 1 ]]; then
   PREWARM_VM_PACKAGE=deb PREWARM_VM_VARIANT=alongside scripts/vm-boot-test.sh
   PREWARM_VM_PACKAGE=deb PREWARM_VM_EXAMPLE=kubeadm scripts/vm-boot-test.sh
   PREWARM_VM_PACKAGE=rpm PREWARM_VM_VARIANT=before scripts/vm-boot-test.sh
+else
+  echo "test.sh: the four VM boots were NOT run (set PREWARM_VM_TEST=1; .ci/run does)" >&2
 fi

@@ -179,7 +179,7 @@ impl Archive {
             Loc::Tar { offset, size } => read_section(&self.path, *offset, *size, MAX_SMALL)
                 .map_err(|e| self.err(digest, e))?,
         };
-        let got = sha256(&bytes);
+        let got = crate::digest::sha256(&bytes);
         if got != digest {
             return Err(self.err(digest, format!("the archive's bytes hash to {got}")));
         }
@@ -430,7 +430,7 @@ impl Archive {
             let (offset, size) = member(&e.config)?;
             let config = read_section(file, offset, size, MAX_SMALL)
                 .map_err(|m| invalid(format!("{}: {m}", e.config)))?;
-            let config_digest = sha256(&config);
+            let config_digest = crate::digest::sha256(&config);
             let parsed = crate::manifest::ImageConfig::parse(&config_digest, &config)
                 .map_err(|err| invalid(err.to_string()))?;
             if parsed.rootfs.diff_ids.len() != e.layers.len() {
@@ -481,7 +481,7 @@ impl Archive {
             let bytes = Bytes::from(manifest.to_string().into_bytes());
             let top = Desc {
                 media_type: crate::manifest::DOCKER_MANIFEST.into(),
-                digest: sha256(&bytes),
+                digest: crate::digest::sha256(&bytes),
                 size: bytes.len() as i64,
             };
             blobs.insert(top.digest.clone(), Loc::Memory(bytes));
@@ -503,10 +503,6 @@ impl Archive {
             images,
         })
     }
-}
-
-fn sha256(b: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(b)))
 }
 
 /// Reads `len` bytes at `offset` of `path`, refusing more than `max`.
@@ -535,7 +531,7 @@ fn hash_section(path: &Path, offset: u64, len: u64) -> Result<String, String> {
     if n != len {
         return Err(format!("{}: truncated", path.display()));
     }
-    Ok(format!("sha256:{}", hex::encode(h.finalize())))
+    Ok(crate::digest::finish(h))
 }
 
 #[cfg(test)]
@@ -544,7 +540,7 @@ mod tests {
     use futures_util::StreamExt;
 
     fn put(dir: &Path, data: &[u8]) -> (String, usize) {
-        let d = sha256(data);
+        let d = crate::digest::sha256(data);
         std::fs::write(dir.join("blobs/sha256").join(&d[7..]), data).unwrap();
         (d, data.len())
     }
@@ -647,7 +643,7 @@ mod tests {
         let src = tmp.path().join("src");
         std::fs::create_dir_all(&src).unwrap();
         let layer = b"plain tar bytes".to_vec();
-        let diff = sha256(&layer);
+        let diff = crate::digest::sha256(&layer);
         std::fs::write(src.join("layer.tar"), &layer).unwrap();
         let config = format!(r#"{{"rootfs":{{"type":"layers","diff_ids":["{diff}"]}}}}"#);
         std::fs::write(src.join("config.json"), &config).unwrap();
@@ -665,7 +661,7 @@ mod tests {
         let m = a.read(&img.top.digest).unwrap();
         let parsed = crate::manifest::Manifest::parse(&img.top.digest, &m).unwrap();
         assert_eq!(parsed.layers[0].digest, diff);
-        assert!(a.has(&diff) && a.has(&sha256(config.as_bytes())));
+        assert!(a.has(&diff) && a.has(&crate::digest::sha256(config.as_bytes())));
 
         std::fs::write(tmp.path().join("junk.tar"), b"not a tar at all").unwrap();
         assert!(Archive::open_all(&tmp.path().join("junk.tar")).is_err());

@@ -109,7 +109,6 @@ pub enum WriteStart {
 pub struct Containerd {
     channel: Channel,
     namespace: String,
-    socket: PathBuf,
 }
 
 /// An open, lock-step `Content.Write` stream for one ref.
@@ -142,7 +141,6 @@ impl Containerd {
         let c = Containerd {
             channel,
             namespace: namespace.to_string(),
-            socket: socket.to_path_buf(),
         };
         // A socket that accepts but does not speak gRPC fails here, bounded.
         let mut v =
@@ -152,11 +150,6 @@ impl Containerd {
             .map_err(|_| err(format!("version call unanswered within {timeout:?}")))?
             .map_err(|s| err(s.to_string()))?;
         Ok(c)
-    }
-
-    /// The socket this client talks to.
-    pub fn socket(&self) -> &Path {
-        &self.socket
     }
 
     /// The channel, for CRI calls over the same socket.

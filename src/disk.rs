@@ -11,12 +11,6 @@ pub struct DiskUsage {
     pub available: u64,
 }
 
-impl DiskUsage {
-    pub fn used(&self) -> u64 {
-        self.total.saturating_sub(self.available)
-    }
-}
-
 /// Reading disk usage failed.
 #[derive(Debug, thiserror::Error)]
 #[error("statvfs {path}")]

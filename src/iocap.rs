@@ -106,7 +106,13 @@ pub fn disk_of(path: &Path) -> Result<DevNum, IoCapError> {
         major: nix::sys::stat::major(dev),
         minor: nix::sys::stat::minor(dev),
     };
-    let sys = PathBuf::from(format!("/sys/dev/block/{num}"));
+    whole_disk(Path::new("/sys/dev/block"), num)
+}
+
+/// The disk device `num` belongs to, as `sys_dev_block` (sysfs's
+/// `/sys/dev/block`) tells: itself, or a partition's parent.
+fn whole_disk(sys_dev_block: &Path, num: DevNum) -> Result<DevNum, IoCapError> {
+    let sys = sys_dev_block.join(num.to_string());
     if !sys.join("partition").exists() {
         return Ok(num);
     }
@@ -571,8 +577,28 @@ mod tests {
 
     #[test]
     fn partitions_resolve_to_the_whole_disk() {
-        // The root filesystem here is on a whole disk or a partition; either
-        // way the answer must be a device without a `partition` file.
+        // sysfs as the kernel lays it out for a disk sda (8:0) with a
+        // partition sda1 (8:1), and a whole disk vdb (254:16).
+        let sys = tempfile::tempdir().unwrap();
+        let block = sys.path().join("devices/pci0/block");
+        let write = |p: PathBuf, text: &str| {
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        };
+        write(block.join("sda/dev"), "8:0\n");
+        write(block.join("sda/sda1/dev"), "8:1\n");
+        write(block.join("sda/sda1/partition"), "1\n");
+        write(block.join("vdb/dev"), "254:16\n");
+        let dev_block = sys.path().join("dev/block");
+        std::fs::create_dir_all(&dev_block).unwrap();
+        for (num, target) in [("8:0", "sda"), ("8:1", "sda/sda1"), ("254:16", "vdb")] {
+            std::os::unix::fs::symlink(block.join(target), dev_block.join(num)).unwrap();
+        }
+        let n = |s: &str| parse_devnum(s).unwrap();
+        assert_eq!(whole_disk(&dev_block, n("8:1")).unwrap(), n("8:0"));
+        assert_eq!(whole_disk(&dev_block, n("8:0")).unwrap(), n("8:0"));
+        assert_eq!(whole_disk(&dev_block, n("254:16")).unwrap(), n("254:16"));
+        // And on this machine: whatever `/` is on, the answer is a disk.
         let d = disk_of(Path::new("/")).unwrap();
         assert!(!Path::new(&format!("/sys/dev/block/{d}/partition")).exists());
     }

@@ -33,6 +33,7 @@ pub mod cli;
 pub mod config;
 pub mod containerd;
 pub mod cri;
+pub mod digest;
 pub mod disk;
 pub mod estimate;
 pub mod gc;
@@ -595,10 +596,7 @@ async fn boot(settings: Settings) -> anyhow::Result<Exit> {
 async fn untaint(settings: Settings) -> anyhow::Result<Exit> {
     let h = &settings.handoff;
     let name = node_name(&settings)?;
-    let clock = node::clock::SystemClock;
-    let reference = node::clock::read_reference(&h.started_file, &clock);
-    let since_boot = node::clock::Clock::since_boot(&clock).context("reading /proc/uptime")?;
-    let tl = node::untaint::Timeline::new(reference, since_boot, h);
+    let tl = node::untaint::Timeline::now(h, &node::clock::SystemClock)?;
     // In condition mode the kubelet's credential appears only after its TLS
     // bootstrap: wait for it, within the same bounds as for the Node.
     let candidates = h.kubeconfig_candidates();

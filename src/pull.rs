@@ -488,7 +488,7 @@ impl Engine {
                             break;
                         }
                     }
-                    let got = format!("sha256:{}", hex::encode(Sha256::digest(&buf)));
+                    let got = crate::digest::sha256(&buf);
                     if got != d.digest || buf.len() as i64 != d.size {
                         return Err(PullError::Blob {
                             reference: reference.to_string(),

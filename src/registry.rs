@@ -18,7 +18,7 @@ pub mod auth;
 pub mod hosts;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -27,7 +27,6 @@ use futures_util::future::{BoxFuture, FutureExt};
 use futures_util::stream::{BoxStream, StreamExt, TryStreamExt};
 use reqwest::header::{HeaderName, HeaderValue, ACCEPT, AUTHORIZATION, RANGE, WWW_AUTHENTICATE};
 use reqwest::{Client, Response, StatusCode, Url};
-use sha2::{Digest, Sha256};
 
 use crate::reference::{validate_digest, Reference};
 use auth::{AuthRequest, Credentials, TokenCache};
@@ -463,7 +462,7 @@ impl Registries {
         let bytes = read_limited(resp, MAX_MANIFEST_BYTES)
             .await
             .map_err(|e| e.into_registry(image, &url, MAX_MANIFEST_BYTES))?;
-        let digest = sha256_digest(&bytes);
+        let digest = crate::digest::sha256(&bytes);
         let expected = match (expected, announced) {
             (Some(asked), _) => Some(asked.to_string()),
             (None, Some(a)) if a.starts_with("sha256:") => Some(a),
@@ -671,13 +670,7 @@ impl Registries {
                 key: "ca".to_string(),
                 message,
             };
-            let pem = std::fs::read(path).map_err(|e| ca_error(format!("cannot read: {e}")))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| ca_error(format!("invalid PEM: {e}")))?;
-            if certs.is_empty() {
-                return Err(ca_error("no certificates in the file".to_string()));
-            }
-            for cert in certs {
+            for cert in read_ca_bundle(path).map_err(ca_error)? {
                 builder = builder.add_root_certificate(cert);
             }
         }
@@ -688,6 +681,17 @@ impl Registries {
         clients.insert(key, client.clone());
         Ok(client)
     }
+}
+
+/// The certificates of a PEM bundle to trust, refusing a file without any.
+pub fn read_ca_bundle(path: &Path) -> Result<Vec<reqwest::Certificate>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    let certs =
+        reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| format!("invalid PEM: {e}"))?;
+    if certs.is_empty() {
+        return Err("no certificates in the file".to_string());
+    }
+    Ok(certs)
 }
 
 /// Passes 2xx responses; turns others into [`RegistryError::Status`] with
@@ -741,10 +745,6 @@ fn check_digest(image: &Reference, digest: &str) -> Result<(), RegistryError> {
         digest: digest.to_string(),
         why,
     })
-}
-
-fn sha256_digest(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
 /// `Range: bytes=<start>-` or `bytes=<start>-<start+len-1>`.
@@ -1006,7 +1006,7 @@ mod tests {
     const BLOB: &[u8] = b"0123456789";
 
     fn blob_digest() -> String {
-        sha256_digest(BLOB)
+        crate::digest::sha256(BLOB)
     }
 
     async fn collect(blob: Blob) -> Vec<u8> {
@@ -1086,7 +1086,7 @@ mod tests {
         let m = r.fetch_manifest(&img, "1.0").await.unwrap();
         assert_eq!(m.bytes.as_ref(), MANIFEST);
         assert_eq!(m.media_type, OCI_MANIFEST);
-        assert_eq!(m.digest, sha256_digest(MANIFEST));
+        assert_eq!(m.digest, crate::digest::sha256(MANIFEST));
         assert_eq!(m.host, server.host());
 
         let reqs = server.requests();
@@ -1269,7 +1269,7 @@ mod tests {
                 expected, actual, ..
             } => {
                 assert_eq!(expected, &asked);
-                assert_eq!(actual, &sha256_digest(MANIFEST));
+                assert_eq!(actual, &crate::digest::sha256(MANIFEST));
             }
             other => panic!("{other}"),
         }
@@ -1282,7 +1282,7 @@ mod tests {
 
         // By the right digest, with no Content-Type: mediaType from JSON.
         let m = r
-            .fetch_manifest(&img, &sha256_digest(MANIFEST))
+            .fetch_manifest(&img, &crate::digest::sha256(MANIFEST))
             .await
             .unwrap();
         assert_eq!(m.media_type, OCI_MANIFEST);
@@ -1366,7 +1366,7 @@ mod tests {
         assert!(mirror.requests().is_empty() && server.requests().is_empty());
 
         let m = r
-            .fetch_manifest(&img, &sha256_digest(MANIFEST))
+            .fetch_manifest(&img, &crate::digest::sha256(MANIFEST))
             .await
             .unwrap();
         assert_eq!(m.host, mirror.host());

@@ -535,12 +535,8 @@ fn http_client(ca: Option<&Path>) -> Result<reqwest::Client, String> {
         .no_proxy()
         .user_agent(format!("prewarm/{}", env!("CARGO_PKG_VERSION")));
     if let Some(ca) = ca {
-        let pem = std::fs::read(ca).map_err(|e| format!("reading CA {}: {e}", ca.display()))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| format!("CA {}: {e}", ca.display()))?;
-        if certs.is_empty() {
-            return Err(format!("CA {}: no certificate in it", ca.display()));
-        }
+        let certs =
+            crate::registry::read_ca_bundle(ca).map_err(|e| format!("CA {}: {e}", ca.display()))?;
         for c in certs {
             b = b.add_root_certificate(c);
         }

@@ -178,6 +178,14 @@ impl Timeline {
         }
     }
 
+    /// The timeline of a run starting now: from the start stamp `register`
+    /// wrote (or boot, without one) and the clock.
+    pub fn now(h: &Handoff, clock: &impl Clock) -> Result<Self, UntaintError> {
+        let reference = super::clock::read_reference(&h.started_file, clock);
+        let since_boot = clock.since_boot().map_err(UntaintError::Clock)?;
+        Ok(Timeline::new(reference, since_boot, h))
+    }
+
     fn since_reference(&self) -> Duration {
         self.elapsed_at_start + self.started.elapsed()
     }
@@ -214,13 +222,6 @@ impl std::fmt::Display for Wait {
 }
 
 impl<A: NodeApi + Sync> Untaint<'_, A> {
-    /// Builds the timeline from the start stamp and the clock.
-    pub fn timeline(&self, clock: &impl Clock) -> Result<Timeline, UntaintError> {
-        let reference = super::clock::read_reference(&self.handoff.started_file, clock);
-        let now = clock.since_boot().map_err(UntaintError::Clock)?;
-        Ok(Timeline::new(reference, now, self.handoff))
-    }
-
     /// Runs to the end: wait, decide, patch.
     pub async fn run(&self, tl: Timeline) -> Result<Outcome, UntaintError> {
         let node = &self.node;

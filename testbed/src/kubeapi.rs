@@ -116,6 +116,8 @@ struct State {
     fail_patch: VecDeque<u16>,
     after_get: HashMap<String, VecDeque<Hook>>,
     log: Vec<Logged>,
+    /// When each connection refused under [`Outage::Refuse`] came in.
+    refused: Vec<std::time::Instant>,
 }
 
 impl State {
@@ -347,6 +349,11 @@ impl KubeApi {
     pub fn requests(&self) -> Vec<Logged> {
         self.lock().log.clone()
     }
+
+    /// Connections refused under [`Outage::Refuse`] at or after `since`.
+    pub fn refused_since(&self, since: std::time::Instant) -> usize {
+        self.lock().refused.iter().filter(|t| **t >= since).count()
+    }
 }
 
 impl Drop for KubeApi {
@@ -485,10 +492,13 @@ fn accept_loop(
     while !stop.load(Ordering::SeqCst) {
         match listener.accept() {
             Ok((stream, _)) => {
-                let refuse = matches!(
-                    state.lock().map(|s| s.outage).unwrap_or(None),
-                    Some(Outage::Refuse)
-                );
+                let refuse = match state.lock() {
+                    Ok(mut s) if s.outage == Some(Outage::Refuse) => {
+                        s.refused.push(std::time::Instant::now());
+                        true
+                    }
+                    _ => false,
+                };
                 if refuse {
                     let _ = stream.shutdown(std::net::Shutdown::Both);
                     continue;
