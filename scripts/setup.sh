@@ -3,7 +3,7 @@
 # Debian machine. Idempotent: skips what is already there.
 set -euo pipefail
 
-packages=(containerd runc docker-registry skopeo protobuf-compiler openssl jq)
+packages=(containerd runc docker-registry skopeo protobuf-compiler openssl jq attr)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -36,6 +36,7 @@ pub mod cri;
 pub mod digest;
 pub mod disk;
 pub mod estimate;
+pub mod extract;
 pub mod gc;
 pub mod iocap;
 pub mod labels;

@@ -1,0 +1,371 @@
+//! The in-process layer extractor on hand-built tar streams: metadata kept
+//! as containerd keeps it, whiteouts in both forms, replacements, and
+//! hostile layers that try to write outside their directory. Needs root
+//! (owners, device nodes, `trusted.` xattrs), as the other integration
+//! tests do. `tests/unpack.rs` compares it with containerd's own apply.
+
+use prewarm::extract::{apply, ExtractError, Target, Whiteouts};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+/// A tar stream built entry by entry.
+struct Layer {
+    b: tar::Builder<Vec<u8>>,
+}
+
+const MTIME: u64 = 1_600_000_000;
+
+impl Layer {
+    fn new() -> Self {
+        Layer {
+            b: tar::Builder::new(Vec::new()),
+        }
+    }
+
+    fn header(kind: tar::EntryType, mode: u32, owner: (u64, u64)) -> tar::Header {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_uid(owner.0);
+        h.set_gid(owner.1);
+        h.set_mtime(MTIME);
+        h.set_size(0);
+        h
+    }
+
+    /// An entry whose name and link target go in as written, `..` and
+    /// all, as a hostile layer would have them (the builder refuses such
+    /// names).
+    fn raw(mut self, kind: tar::EntryType, name: &str, link: &str, data: &[u8]) -> Self {
+        let mut h = Self::header(kind, 0o644, (0, 0));
+        h.set_size(data.len() as u64);
+        let gnu = h.as_gnu_mut().unwrap();
+        gnu.name[..name.len()].copy_from_slice(name.as_bytes());
+        gnu.linkname[..link.len()].copy_from_slice(link.as_bytes());
+        h.set_cksum();
+        self.b.append(&h, data).unwrap();
+        self
+    }
+
+    fn dir(mut self, path: &str, mode: u32, owner: (u64, u64)) -> Self {
+        let mut h = Self::header(tar::EntryType::Directory, mode, owner);
+        self.b.append_data(&mut h, path, std::io::empty()).unwrap();
+        self
+    }
+
+    fn file(mut self, path: &str, mode: u32, owner: (u64, u64), data: &[u8]) -> Self {
+        let mut h = Self::header(tar::EntryType::Regular, mode, owner);
+        h.set_size(data.len() as u64);
+        self.b.append_data(&mut h, path, data).unwrap();
+        self
+    }
+
+    /// A symlink (mode 0777), or a hardlink, whose header carries its
+    /// target's mode as tar writers put it.
+    fn link(mut self, kind: tar::EntryType, path: &str, target: &str) -> Self {
+        let mode = if kind == tar::EntryType::Link {
+            0o4755
+        } else {
+            0o777
+        };
+        let mut h = Self::header(kind, mode, (0, 0));
+        self.b.append_link(&mut h, path, target).unwrap();
+        self
+    }
+
+    fn node(mut self, kind: tar::EntryType, path: &str, mode: u32, dev: (u32, u32)) -> Self {
+        let mut h = Self::header(kind, mode, (0, 0));
+        h.set_device_major(dev.0).unwrap();
+        h.set_device_minor(dev.1).unwrap();
+        self.b.append_data(&mut h, path, std::io::empty()).unwrap();
+        self
+    }
+
+    fn pax(mut self, records: &[(&str, &[u8])]) -> Self {
+        self.b
+            .append_pax_extensions(records.iter().map(|(k, v)| (*k, *v)))
+            .unwrap();
+        self
+    }
+
+    fn bytes(self) -> Vec<u8> {
+        self.b.into_inner().unwrap()
+    }
+}
+
+fn target(root: &Path, parents: &[&Path], whiteouts: Whiteouts) -> Target {
+    std::fs::create_dir_all(root).unwrap();
+    Target {
+        root: root.to_path_buf(),
+        parents: parents.iter().map(|p| p.to_path_buf()).collect(),
+        whiteouts,
+    }
+}
+
+fn meta(p: &Path) -> std::fs::Metadata {
+    std::fs::symlink_metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+fn xattr(p: &Path, key: &str) -> Option<Vec<u8>> {
+    let out = std::process::Command::new("getfattr")
+        .args(["--absolute-names", "--only-values", "-h", "-n", key])
+        .arg(p)
+        .output()
+        .expect("getfattr (Debian's attr package)");
+    out.status.success().then_some(out.stdout)
+}
+
+#[test]
+fn metadata_is_kept_as_containerd_keeps_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let long = format!("deep/{}/{}", "d".repeat(120), "f".repeat(140));
+    let tar = Layer::new()
+        .dir("tmp", 0o1777, (0, 0))
+        .dir("srv", 0o2750, (1000, 1001))
+        .file("usr/bin/su", 0o4755, (0, 0), b"setuid")
+        .file("srv/data", 0o640, (1000, 1001), b"owned")
+        .pax(&[
+            ("SCHILY.xattr.user.origin", b"layer-1"),
+            (
+                "SCHILY.xattr.security.capability",
+                &[1, 0, 0, 2, 0, 32, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            ),
+            ("mtime", b"1700000000.123456789"),
+        ])
+        .file("usr/bin/ping", 0o755, (0, 0), b"caps")
+        .link(tar::EntryType::Symlink, "usr/bin/sh", "dash")
+        .link(tar::EntryType::Link, "usr/bin/su2", "usr/bin/su")
+        .node(tar::EntryType::Char, "dev/null", 0o666, (1, 3))
+        .node(tar::EntryType::Fifo, "run/fifo", 0o600, (0, 0))
+        .file(&long, 0o644, (0, 0), b"long")
+        .file("usr/share/ünïcødé/名前.txt", 0o644, (0, 0), b"names")
+        .bytes();
+    let applied = apply(&target(&root, &[], Whiteouts::Remove), &tar[..]).unwrap();
+    assert_eq!(applied.diff_id, prewarm::digest::sha256(&tar));
+    assert_eq!(applied.entries, 11);
+
+    let m = meta(&root.join("tmp"));
+    assert_eq!(m.mode() & 0o7777, 0o1777, "sticky");
+    let m = meta(&root.join("srv"));
+    assert_eq!(
+        (m.mode() & 0o7777, m.uid(), m.gid()),
+        (0o2750, 1000, 1001),
+        "setgid, owner"
+    );
+    assert_eq!(
+        m.mtime(),
+        MTIME as i64,
+        "a directory's time survives its files"
+    );
+    let m = meta(&root.join("usr/bin/su"));
+    assert_eq!(m.mode() & 0o7777, 0o4755, "setuid after chown");
+    let m = meta(&root.join("srv/data"));
+    assert_eq!((m.uid(), m.gid(), m.mtime()), (1000, 1001, MTIME as i64));
+    let ping = root.join("usr/bin/ping");
+    assert_eq!(
+        xattr(&ping, "user.origin").as_deref(),
+        Some(&b"layer-1"[..])
+    );
+    assert!(xattr(&ping, "security.capability").is_some());
+    let m = meta(&ping);
+    assert_eq!((m.mtime(), m.mtime_nsec()), (1_700_000_000, 123_456_789));
+    assert_eq!(
+        std::fs::read_link(root.join("usr/bin/sh")).unwrap(),
+        PathBuf::from("dash")
+    );
+    assert_eq!(
+        meta(&root.join("usr/bin/su2")).ino(),
+        meta(&root.join("usr/bin/su")).ino()
+    );
+    let m = meta(&root.join("dev/null"));
+    assert!(m.file_type().is_char_device());
+    assert_eq!(m.rdev(), nix::sys::stat::makedev(1, 3));
+    assert!(meta(&root.join("run/fifo")).file_type().is_fifo());
+    assert_eq!(std::fs::read(root.join(&long)).unwrap(), b"long");
+    assert_eq!(
+        std::fs::read(root.join("usr/share/ünïcødé/名前.txt")).unwrap(),
+        b"names"
+    );
+    // Implicit parents with no lower layer: 0755, root's.
+    let m = meta(&root.join("usr/bin"));
+    assert_eq!((m.mode() & 0o7777, m.uid()), (0o755, 0));
+}
+
+#[test]
+fn whiteouts_on_a_first_layer_remove() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let t = target(&root, &[], Whiteouts::Remove);
+    let one = Layer::new()
+        .file("etc/gone", 0o644, (0, 0), b"x")
+        .file("etc/kept", 0o644, (0, 0), b"x")
+        .file("opt/app/old", 0o644, (0, 0), b"x")
+        .bytes();
+    apply(&t, &one[..]).unwrap();
+    let two = Layer::new()
+        .file("etc/.wh.gone", 0o644, (0, 0), b"")
+        .file("opt/app/new", 0o644, (0, 0), b"y")
+        .file("opt/app/.wh..wh..opq", 0o644, (0, 0), b"")
+        .bytes();
+    apply(&t, &two[..]).unwrap();
+    assert!(!root.join("etc/gone").exists());
+    assert!(root.join("etc/kept").exists());
+    assert!(!root.join("etc/.wh.gone").exists());
+    assert!(!root.join("opt/app/old").exists(), "opaque clears the rest");
+    assert!(
+        root.join("opt/app/new").exists(),
+        "but keeps what the layer brought"
+    );
+}
+
+#[test]
+fn whiteouts_on_an_overlay_upper_and_parents_from_the_lower() {
+    let dir = tempfile::tempdir().unwrap();
+    let lower = dir.path().join("lower");
+    let upper = dir.path().join("upper");
+    let base = Layer::new()
+        .dir("opt", 0o750, (7, 8))
+        .dir("opt/app", 0o711, (7, 8))
+        .file("opt/app/bin", 0o755, (7, 8), b"x")
+        .bytes();
+    apply(&target(&lower, &[], Whiteouts::Remove), &base[..]).unwrap();
+    let t = target(&upper, &[&lower], Whiteouts::Overlay);
+    let top = Layer::new()
+        .file("opt/app/.wh.bin", 0o644, (0, 0), b"")
+        .file("opt/.wh..wh..opq", 0o644, (0, 0), b"")
+        .file("opt/app/conf", 0o600, (0, 0), b"new")
+        .bytes();
+    apply(&t, &top[..]).unwrap();
+    let wh = meta(&upper.join("opt/app/bin"));
+    assert!(
+        wh.file_type().is_char_device() && wh.rdev() == 0,
+        "0:0 char device"
+    );
+    assert_eq!(
+        xattr(&upper.join("opt"), "trusted.overlay.opaque").as_deref(),
+        Some(&b"y"[..])
+    );
+    // opt and opt/app came only implicitly: they take the lower's mode and
+    // owner, and no overlay xattr is copied up.
+    for (d, mode) in [("opt", 0o750), ("opt/app", 0o711)] {
+        let m = meta(&upper.join(d));
+        assert_eq!((m.mode() & 0o7777, m.uid(), m.gid()), (mode, 7, 8), "{d}");
+    }
+    assert_eq!(
+        xattr(&upper.join("opt/app"), "trusted.overlay.opaque"),
+        None
+    );
+}
+
+#[test]
+fn later_entries_replace_earlier_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let t = target(&root, &[], Whiteouts::Remove);
+    let one = Layer::new()
+        .file("a", 0o644, (0, 0), b"file")
+        .dir("b", 0o755, (0, 0))
+        .file("b/inside", 0o644, (0, 0), b"x")
+        .dir("c", 0o700, (0, 0))
+        .file("c/kept", 0o644, (0, 0), b"x")
+        .bytes();
+    apply(&t, &one[..]).unwrap();
+    let two = Layer::new()
+        .dir("a", 0o750, (0, 0))
+        .link(tar::EntryType::Symlink, "b", "c")
+        .dir("c", 0o755, (0, 0))
+        .bytes();
+    apply(&t, &two[..]).unwrap();
+    assert!(
+        meta(&root.join("a")).is_dir(),
+        "a file replaced by a directory"
+    );
+    assert!(
+        meta(&root.join("b")).is_symlink(),
+        "a directory replaced by a symlink"
+    );
+    assert!(
+        root.join("c/kept").exists(),
+        "a directory over a directory merges"
+    );
+    assert_eq!(meta(&root.join("c")).mode() & 0o7777, 0o755);
+}
+
+/// Every way out is contained, as containerd contains it: the entries land
+/// inside the root, and the directory around it stays as it was.
+#[test]
+fn hostile_entries_stay_inside_the_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("jail/root");
+    let t = target(&root, &[], Whiteouts::Remove);
+    let outside = dir.path().join("jail");
+    let tar = Layer::new()
+        .raw(tar::EntryType::Regular, "../../escape-dotdot", "", b"x")
+        .raw(tar::EntryType::Regular, "/abs/escape-abs", "", b"x")
+        .raw(tar::EntryType::Symlink, "to-root", "/", b"")
+        .raw(tar::EntryType::Regular, "to-root/escape-abs-link", "", b"x")
+        .raw(tar::EntryType::Symlink, "up", "../../..", b"")
+        .raw(tar::EntryType::Regular, "up/escape-rel-link", "", b"x")
+        .raw(tar::EntryType::Symlink, "loop", "loop", b"")
+        .raw(tar::EntryType::Symlink, "host-etc", "/etc", b"")
+        .raw(tar::EntryType::Regular, "host-etc/escape-etc", "", b"x")
+        .raw(tar::EntryType::Regular, "..", "", b"x")
+        .bytes();
+    apply(&t, &tar[..]).unwrap();
+    for inside in [
+        "escape-dotdot",
+        "abs/escape-abs",
+        "escape-abs-link",
+        "escape-rel-link",
+        "etc/escape-etc",
+    ] {
+        assert!(root.join(inside).is_file(), "{inside} landed inside");
+    }
+    assert!(!Path::new("/etc/escape-etc").exists());
+    let around: Vec<_> = std::fs::read_dir(&outside)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(around, ["root"], "nothing written beside the root");
+
+    // A hardlink that points out resolves inside; where nothing is there,
+    // the layer is refused, naming the entry.
+    let secret = dir.path().join("jail/secret");
+    std::fs::write(&secret, b"s").unwrap();
+    let tar = Layer::new()
+        .raw(tar::EntryType::Link, "stolen", "../secret", b"")
+        .bytes();
+    match apply(&t, &tar[..]) {
+        Err(ExtractError::Entry { entry, .. }) => assert_eq!(entry, "stolen"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(meta(&secret).nlink(), 1);
+    // A symlink loop in a parent is an error, not a hang.
+    let tar = Layer::new().file("loop/x", 0o644, (0, 0), b"x").bytes();
+    assert!(apply(&t, &tar[..]).is_err());
+}
+
+#[test]
+fn a_broken_stream_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = target(&dir.path().join("root"), &[], Whiteouts::Remove);
+    let tar = Layer::new()
+        .file("big", 0o644, (0, 0), &vec![7u8; 100_000])
+        .bytes();
+    // Cut inside the file's data: the entry is named.
+    match apply(&t, &tar[..50_000]) {
+        Err(ExtractError::Entry { entry, .. }) => assert_eq!(entry, "big"),
+        other => panic!("{other:?}"),
+    }
+    // Cut inside a header: the stream is at fault.
+    let two = Layer::new()
+        .file("a", 0o644, (0, 0), b"a")
+        .file("b", 0o644, (0, 0), b"b")
+        .bytes();
+    let t2 = target(&dir.path().join("root2"), &[], Whiteouts::Remove);
+    assert!(matches!(
+        apply(&t2, &two[..1024 + 100]),
+        Err(ExtractError::Read(_))
+    ));
+}
