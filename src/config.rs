@@ -142,6 +142,7 @@ struct RawPull {
     require_digest: Option<bool>,
     state_dir: Option<PathBuf>,
     gc: Option<bool>,
+    unpack: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -343,6 +344,25 @@ pub enum HandoffMode {
     Condition,
 }
 
+/// Who writes a layer into its snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Unpack {
+    /// containerd's Diff service (`Diff.Apply`), on any snapshotter.
+    Containerd,
+    /// prewarm itself, straight into an overlayfs snapshot; containerd's
+    /// Diff service where the snapshot is not overlayfs.
+    Prewarm,
+}
+
+impl Unpack {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unpack::Containerd => "containerd",
+            Unpack::Prewarm => "prewarm",
+        }
+    }
+}
+
 /// What to do when the deadline passes, the preload failed or the report
 /// cannot be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -476,6 +496,8 @@ pub struct Settings {
     pub registry_read_timeout: Duration,
     pub concurrency: NonZeroU32,
     pub layer_concurrency: NonZeroU32,
+    /// Who writes the layers into the snapshots (`[pull] unpack`).
+    pub unpack: Unpack,
     pub retries: u32,
     pub deadline: Duration,
     pub platform: crate::manifest::Platform,
@@ -823,6 +845,7 @@ impl Settings {
             registry_read_timeout: Duration::from_secs(60),
             concurrency: NonZeroU32::new(2).expect("2 is not zero"),
             layer_concurrency: NonZeroU32::MIN,
+            unpack: Unpack::Containerd,
             retries: 5,
             deadline: Duration::from_secs(20 * 60),
             platform: crate::manifest::host_platform(),
@@ -929,6 +952,21 @@ impl Settings {
         }
         if let Some(v) = p.layer_concurrency {
             self.layer_concurrency = v;
+        }
+        if let Some(v) = p.unpack {
+            self.unpack = match [Unpack::Containerd, Unpack::Prewarm]
+                .into_iter()
+                .find(|u| u.as_str() == v)
+            {
+                Some(u) => u,
+                None => {
+                    return Err(invalid(
+                        path,
+                        "pull.unpack",
+                        format!("{v:?} is not \"containerd\" or \"prewarm\""),
+                    ))
+                }
+            };
         }
         if let Some(v) = p.retries {
             self.retries = v;

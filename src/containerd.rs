@@ -19,10 +19,11 @@ use containerd_client::services::v1::snapshots::{
 use containerd_client::services::v1::{
     AbortRequest, ApplyRequest, CreateImageRequest, CreateRequest, DeleteImageRequest,
     DeleteRequest, GetImageRequest, Image, Info, InfoRequest, ListContainersRequest,
-    ListImagesRequest, UpdateImageRequest, UpdateRequest, WriteAction, WriteContentRequest,
-    WriteContentResponse,
+    ListImagesRequest, ReadContentRequest, UpdateImageRequest, UpdateRequest, WriteAction,
+    WriteContentRequest, WriteContentResponse,
 };
 use containerd_client::types::Descriptor as PbDescriptor;
+pub use containerd_client::types::Mount;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -380,10 +381,14 @@ impl Containerd {
         Ok(r.into_inner().size.max(0) as u64)
     }
 
-    /// Unpacks one layer on `parent` into the committed snapshot `chain_id`.
-    /// Returns false when the layer was already unpacked. The diff ID
-    /// containerd computes must equal `diff_id`.
-    pub async fn unpack_layer(
+    /// Unpacks one layer on `parent` into the committed snapshot
+    /// `chain_id`: prepares a snapshot, lets `apply` fill it through its
+    /// mounts, checks the diff ID `apply` returns against `diff_id`, and
+    /// commits. Whatever fails, the prepared snapshot is removed, so nothing
+    /// half-written is ever committed. Returns what `apply` said, or `None`
+    /// when the layer was already unpacked.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn unpack_layer<T, E, F, Fut>(
         &self,
         snapshotter: &str,
         layer: &Desc,
@@ -391,9 +396,15 @@ impl Containerd {
         chain_id: &str,
         parent: &str,
         lease: &str,
-    ) -> Result<bool, ContainerdError> {
+        apply: F,
+    ) -> Result<Option<T>, E>
+    where
+        E: From<ContainerdError>,
+        F: FnOnce(Vec<Mount>) -> Fut,
+        Fut: std::future::Future<Output = Result<(String, T), E>>,
+    {
         if self.snapshot_exists(snapshotter, chain_id).await? {
-            return Ok(false);
+            return Ok(None);
         }
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -418,38 +429,18 @@ impl Containerd {
             .await;
         let mounts = match prepared {
             Ok(r) => r.into_inner().mounts,
-            Err(s) if s.code() == Code::AlreadyExists => return Ok(false),
-            Err(s) => return Err(ContainerdError::call("preparing snapshot", chain_id)(s)),
+            Err(s) if s.code() == Code::AlreadyExists => return Ok(None),
+            Err(s) => return Err(ContainerdError::call("preparing snapshot", chain_id)(s).into()),
         };
         let result = async {
-            let applied = DiffClient::new(self.channel())
-                .apply(self.req(
-                    ApplyRequest {
-                        diff: Some(layer.into()),
-                        mounts,
-                        payloads: HashMap::new(),
-                        sync_fs: false,
-                    },
-                    Some(lease),
-                ))
-                .await
-                .map_err(ContainerdError::call("applying layer", &layer.digest))?
-                .into_inner()
-                .applied
-                .ok_or_else(|| ContainerdError::Protocol {
-                    op: "applying layer",
-                    subject: layer.digest.clone(),
-                    message: "no descriptor in the answer".into(),
-                })?;
-            if applied.digest != diff_id {
+            let (applied, said) = apply(mounts).await?;
+            if applied != diff_id {
                 return Err(ContainerdError::Protocol {
                     op: "applying layer",
                     subject: layer.digest.clone(),
-                    message: format!(
-                        "unpacked to {} but the image config says {diff_id}",
-                        applied.digest
-                    ),
-                });
+                    message: format!("unpacked to {applied} but the image config says {diff_id}"),
+                }
+                .into());
             }
             match snaps
                 .commit(self.req(
@@ -463,13 +454,13 @@ impl Containerd {
                 ))
                 .await
             {
-                Ok(_) => Ok(true),
-                Err(s) if s.code() == Code::AlreadyExists => Ok(false),
-                Err(s) => Err(ContainerdError::call("committing snapshot", chain_id)(s)),
+                Ok(_) => Ok(Some(said)),
+                Err(s) if s.code() == Code::AlreadyExists => Ok(None),
+                Err(s) => Err(ContainerdError::call("committing snapshot", chain_id)(s).into()),
             }
         }
         .await;
-        if !matches!(result, Ok(true)) {
+        if !matches!(result, Ok(Some(_))) {
             let _ = SnapshotsClient::new(self.channel())
                 .remove(self.req(
                     RemoveSnapshotRequest {
@@ -481,6 +472,64 @@ impl Containerd {
                 .await;
         }
         result
+    }
+
+    /// Fills prepared snapshot `mounts` with `layer` through containerd's
+    /// Diff service. Returns the diff ID containerd computed.
+    pub async fn diff_apply(
+        &self,
+        layer: &Desc,
+        mounts: Vec<Mount>,
+        lease: &str,
+    ) -> Result<String, ContainerdError> {
+        let applied = DiffClient::new(self.channel())
+            .apply(self.req(
+                ApplyRequest {
+                    diff: Some(layer.into()),
+                    mounts,
+                    payloads: HashMap::new(),
+                    sync_fs: false,
+                },
+                Some(lease),
+            ))
+            .await
+            .map_err(ContainerdError::call("applying layer", &layer.digest))?
+            .into_inner()
+            .applied
+            .ok_or_else(|| ContainerdError::Protocol {
+                op: "applying layer",
+                subject: layer.digest.clone(),
+                message: "no descriptor in the answer".into(),
+            })?;
+        Ok(applied.digest)
+    }
+
+    /// Reads a blob from the content store, as a stream of chunks.
+    pub async fn content_read(
+        &self,
+        digest: &str,
+    ) -> Result<
+        impl futures_util::Stream<Item = Result<bytes::Bytes, ContainerdError>>,
+        ContainerdError,
+    > {
+        use futures_util::StreamExt;
+        let stream = ContentClient::new(self.channel())
+            .read(self.req(
+                ReadContentRequest {
+                    digest: digest.to_string(),
+                    offset: 0,
+                    size: 0,
+                },
+                None,
+            ))
+            .await
+            .map_err(ContainerdError::call("reading content", digest))?
+            .into_inner();
+        let digest = digest.to_string();
+        Ok(stream.map(move |m| {
+            m.map(|r| bytes::Bytes::from(r.data))
+                .map_err(ContainerdError::call("reading content", &digest))
+        }))
     }
 
     // ---- images

@@ -53,6 +53,7 @@ pub mod systemd;
 pub mod taint;
 pub mod throttle;
 pub mod time;
+pub mod unpack;
 
 use anyhow::Context;
 use cli::{Cli, Command};

@@ -1,6 +1,7 @@
 //! The preload engine: resolve → inventory → plan → fetch, store, unpack →
 //! image records → report.
 
+use crate::config::Unpack;
 use crate::config::{ImageEntry, Settings};
 use crate::containerd::{Containerd, ContainerdError, Desc, WriteStart};
 use crate::cri::Cri;
@@ -16,9 +17,9 @@ use crate::throttle::Bandwidth;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// Write chunks to containerd in pieces of this size.
@@ -58,6 +59,8 @@ pub enum PullError {
     NotVisible { name: String, within: Duration },
     #[error(transparent)]
     Archive(#[from] crate::archive::ArchiveError),
+    #[error(transparent)]
+    Unpack(#[from] crate::unpack::UnpackError),
 }
 
 impl PullError {
@@ -66,6 +69,7 @@ impl PullError {
             PullError::Registry(e) => e.is_retryable(),
             PullError::Containerd(e) => e.is_retryable(),
             PullError::Blob { .. } => true,
+            PullError::Unpack(e) => e.is_retryable(),
             _ => false,
         }
     }
@@ -772,7 +776,15 @@ impl Engine {
             }
             (Ok(Decision::Pull), Some(r)) => {
                 let bytes = AtomicU64::new(0);
-                match self.pull_image(r, &bytes).await {
+                let unpacked_by = Mutex::new(BTreeSet::new());
+                let pulled = self.pull_image(r, &bytes, &unpacked_by).await;
+                report.unpacked_by = unpacked_by
+                    .into_inner()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .into_iter()
+                    .map(|u| u.as_str().to_string())
+                    .collect();
+                match pulled {
                     Ok(()) => report.status = ImageStatus::Pulled,
                     Err(e) => {
                         let why = crate::error_chain(&e);
@@ -798,7 +810,12 @@ impl Engine {
 
     /// Pulls one image under its own lease. `downloaded` counts bytes
     /// received from the registry, including those of a failed attempt.
-    pub async fn pull_image(&self, r: &Resolved, downloaded: &AtomicU64) -> Result<(), PullError> {
+    pub async fn pull_image(
+        &self,
+        r: &Resolved,
+        downloaded: &AtomicU64,
+        unpacked_by: &Mutex<BTreeSet<Unpack>>,
+    ) -> Result<(), PullError> {
         let name = r.entry.reference.to_string();
         let lease = lease_id(&name, &r.top().desc.digest);
         let resumed = self
@@ -808,7 +825,9 @@ impl Engine {
         if resumed {
             tracing::info!(image = %name, %lease, "resuming under an existing lease");
         }
-        let result = self.pull_under_lease(r, &lease, downloaded).await;
+        let result = self
+            .pull_under_lease(r, &lease, downloaded, unpacked_by)
+            .await;
         if let Err(PullError::DiskFull { .. }) = &result {
             // Give the space back: drop the partial ingests and the lease,
             // and let containerd collect what no record holds. Nothing of
@@ -831,6 +850,7 @@ impl Engine {
         r: &Resolved,
         lease: &str,
         downloaded: &AtomicU64,
+        unpacked_by: &Mutex<BTreeSet<Unpack>>,
     ) -> Result<(), PullError> {
         let name = r.entry.reference.to_string();
         let lease = lease.to_string();
@@ -900,10 +920,23 @@ impl Engine {
                     chain,
                     &parent,
                     &lease,
+                    |mounts| {
+                        crate::unpack::apply(
+                            &self.containerd,
+                            self.settings.unpack,
+                            layer,
+                            mounts,
+                            &lease,
+                        )
+                    },
                 );
                 let t0 = Instant::now();
                 tokio::select! {
-                    unpacked = unpack => { unpacked?; }
+                    unpacked = unpack => {
+                        if let Some(by) = unpacked? {
+                            unpacked_by.lock().unwrap_or_else(PoisonError::into_inner).insert(by);
+                        }
+                    }
                     full = self.watch_reserve() => return Err(full),
                 }
                 tracing::debug!(layer = %layer.digest, seconds = t0.elapsed().as_secs_f64(), "unpacked");
@@ -1289,6 +1322,7 @@ fn unfinished(e: &ImageEntry, why: &str) -> ImageReport {
         seconds: 0.0,
         origin: None,
         previous_digest: None,
+        unpacked_by: Vec::new(),
     }
 }
 

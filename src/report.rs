@@ -43,6 +43,10 @@ pub struct ImageReport {
     /// has since moved (drift); the record now points at `digest`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_digest: Option<String>,
+    /// Who wrote the layers pulled in this run into their snapshots:
+    /// `prewarm` or `containerd` (`[pull] unpack`, and the snapshotter).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unpacked_by: Vec<String>,
 }
 
 /// Totals over a run.
@@ -237,6 +241,7 @@ mod tests {
             seconds: 0.0,
             origin: None,
             previous_digest: None,
+            unpacked_by: Vec::new(),
         }
     }
 

@@ -30,6 +30,8 @@ pub struct LayerSpec {
     pub files: Vec<(String, Vec<u8>)>,
     /// Compression of the layer blob.
     pub compression: Compression,
+    /// A ready tar stream, used as it is instead of `files`.
+    pub tar: Option<Vec<u8>>,
 }
 
 /// One single-platform image.
@@ -144,6 +146,9 @@ fn put_blob(blobs: &Path, media_type: &str, data: &[u8]) -> Result<Value> {
 
 /// The uncompressed layer tar.
 fn layer_tar(spec: &LayerSpec) -> Result<Vec<u8>> {
+    if let Some(tar) = &spec.tar {
+        return Ok(tar.clone());
+    }
     let mut b = tar::Builder::new(Vec::new());
     let mut dirs = BTreeSet::new();
     for (path, data) in &spec.files {

@@ -18,6 +18,7 @@ mod proc;
 mod proxy;
 mod registry;
 pub mod scenario;
+pub mod tarball;
 
 pub use containerd::Containerd;
 pub use files::FileServer;

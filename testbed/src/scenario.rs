@@ -38,6 +38,7 @@ pub fn sample_image(seed: u64, layers: usize, size: usize, compression: Compress
                     compressible_bytes(seed * 100 + i as u64, size),
                 )],
                 compression,
+                tar: None,
             })
             .collect(),
         os: "linux".into(),

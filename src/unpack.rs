@@ -1,0 +1,234 @@
+//! Filling a prepared snapshot with a layer: by containerd's Diff service,
+//! or by prewarm itself (`[pull] unpack = "prewarm"`), which decompresses
+//! the blob and applies it with [`crate::extract`] straight into the
+//! snapshot's directory, as containerd's own overlay apply does.
+//!
+//! The in-process path takes a snapshot whose mounts are one bind mount (a
+//! first layer: the directory itself) or one overlay mount (its
+//! `upperdir`, with the `lowerdir`s as parents). Any other mounts (another
+//! snapshotter, or options it does not know) go to the Diff service, and
+//! the report says which one ran. Either way the caller checks the diff ID
+//! before the snapshot is committed.
+
+use crate::config::Unpack;
+use crate::containerd::{Containerd, ContainerdError, Desc, Mount};
+use crate::extract::{self, ExtractError, Target, Whiteouts};
+use crate::manifest::{layer_compression, Compression};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use std::io::Read;
+use std::path::PathBuf;
+
+/// Why a layer could not be unpacked.
+#[derive(Debug, thiserror::Error)]
+pub enum UnpackError {
+    #[error(transparent)]
+    Containerd(#[from] ContainerdError),
+    #[error("unpacking layer {layer}")]
+    Extract {
+        layer: String,
+        #[source]
+        source: ExtractError,
+    },
+    #[error("unpacking layer {layer}: media type {media_type:?} is not a layer prewarm can apply")]
+    MediaType { layer: String, media_type: String },
+    #[error("unpacking layer {layer}: the unpacking thread failed: {message}")]
+    Thread { layer: String, message: String },
+}
+
+impl UnpackError {
+    /// Worth another try: a broken stream, or containerd's own retryable
+    /// answers. An entry the layer cannot write is not.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            UnpackError::Containerd(e) => e.is_retryable(),
+            UnpackError::Extract { source, .. } => matches!(source, ExtractError::Read(_)),
+            _ => false,
+        }
+    }
+}
+
+/// Fills the prepared snapshot `mounts` with `layer`, the way `how` asks
+/// where the mounts allow it. Returns the diff ID of what was written and
+/// who wrote it.
+pub async fn apply(
+    c: &Containerd,
+    how: Unpack,
+    layer: &Desc,
+    mounts: Vec<Mount>,
+    lease: &str,
+) -> Result<(String, Unpack), UnpackError> {
+    if how == Unpack::Prewarm {
+        if let Some(target) = target_of(&mounts) {
+            let diff_id = in_process(c, layer, target).await?;
+            return Ok((diff_id, Unpack::Prewarm));
+        }
+        tracing::debug!(layer = %layer.digest, ?mounts, "not an overlayfs snapshot: containerd unpacks");
+    }
+    let diff_id = c.diff_apply(layer, mounts, lease).await?;
+    Ok((diff_id, Unpack::Containerd))
+}
+
+/// Where the in-process extractor writes, if the mounts are ones it knows.
+pub fn target_of(mounts: &[Mount]) -> Option<Target> {
+    let [m] = mounts else { return None };
+    match m.r#type.as_str() {
+        "bind" | "rbind" => {
+            // A first layer: the snapshot's directory itself.
+            let known = m
+                .options
+                .iter()
+                .all(|o| matches!(o.as_str(), "rbind" | "bind" | "rw"));
+            known.then(|| Target {
+                root: PathBuf::from(&m.source),
+                parents: Vec::new(),
+                whiteouts: Whiteouts::Remove,
+            })
+        }
+        "overlay" => {
+            let mut upper = None;
+            let mut lowers = Vec::new();
+            for o in &m.options {
+                match o.split_once('=') {
+                    Some(("upperdir", v)) => upper = Some(PathBuf::from(v)),
+                    Some(("lowerdir", v)) => lowers = v.split(':').map(PathBuf::from).collect(),
+                    Some(("workdir", _)) | Some(("index", "off")) => {}
+                    // userxattr, idmapped layers, volatile, …: containerd's.
+                    _ => return None,
+                }
+            }
+            Some(Target {
+                root: upper?,
+                parents: lowers,
+                whiteouts: Whiteouts::Overlay,
+            })
+        }
+        _ => None,
+    }
+}
+
+/// Reads the blob from containerd's content store, decompresses it and
+/// applies it to `target` on a blocking thread.
+async fn in_process(c: &Containerd, layer: &Desc, target: Target) -> Result<String, UnpackError> {
+    let compression =
+        layer_compression(&layer.media_type).ok_or_else(|| UnpackError::MediaType {
+            layer: layer.digest.clone(),
+            media_type: layer.media_type.clone(),
+        })?;
+    let mut stream = c.content_read(&layer.digest).await?;
+    // A few chunks in flight: the network side never waits on the disk for
+    // long, and memory stays bounded.
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(8);
+    let feed = async move {
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| std::io::Error::other(crate::error_chain(&e)));
+            let failed = chunk.is_err();
+            if tx.send(chunk).await.is_err() || failed {
+                break;
+            }
+        }
+    };
+    let digest = layer.digest.clone();
+    let extract = tokio::task::spawn_blocking(move || {
+        let blob = ChannelReader {
+            rx,
+            chunk: Bytes::new(),
+        };
+        let tar: Box<dyn Read> = match compression {
+            Compression::None => Box::new(blob),
+            Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(blob)),
+            Compression::Zstd => {
+                Box::new(zstd::stream::read::Decoder::new(blob).map_err(ExtractError::Read)?)
+            }
+        };
+        extract::apply(&target, std::io::BufReader::with_capacity(1 << 20, tar))
+    });
+    let (_, applied) = tokio::join!(feed, extract);
+    let applied = applied
+        .map_err(|e| UnpackError::Thread {
+            layer: digest.clone(),
+            message: e.to_string(),
+        })?
+        .map_err(|source| UnpackError::Extract {
+            layer: digest.clone(),
+            source,
+        })?;
+    tracing::debug!(layer = %digest, entries = applied.entries, bytes = applied.size, "unpacked in process");
+    Ok(applied.diff_id)
+}
+
+/// A blocking reader over chunks sent from the async side.
+struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>,
+    chunk: Bytes,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.chunk.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(chunk) => self.chunk = chunk?,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len());
+        buf[..n].copy_from_slice(&self.chunk.split_to(n));
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mount(kind: &str, source: &str, options: &[&str]) -> Mount {
+        Mount {
+            r#type: kind.into(),
+            source: source.into(),
+            options: options.iter().map(|o| o.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn mounts_the_extractor_can_write_to() {
+        let first = target_of(&[mount("bind", "/c/snapshots/1/fs", &["rbind", "rw"])]).unwrap();
+        assert_eq!(first.root, PathBuf::from("/c/snapshots/1/fs"));
+        assert_eq!(first.whiteouts, Whiteouts::Remove);
+        let later = target_of(&[mount(
+            "overlay",
+            "overlay",
+            &[
+                "index=off",
+                "workdir=/c/snapshots/3/work",
+                "upperdir=/c/snapshots/3/fs",
+                "lowerdir=/c/snapshots/2/fs:/c/snapshots/1/fs",
+            ],
+        )])
+        .unwrap();
+        assert_eq!(later.root, PathBuf::from("/c/snapshots/3/fs"));
+        assert_eq!(
+            later.parents,
+            [
+                PathBuf::from("/c/snapshots/2/fs"),
+                PathBuf::from("/c/snapshots/1/fs")
+            ]
+        );
+        assert_eq!(later.whiteouts, Whiteouts::Overlay);
+        // Anything else is containerd's to apply.
+        for other in [
+            vec![mount(
+                "overlay",
+                "overlay",
+                &["upperdir=/u", "lowerdir=/l", "userxattr"],
+            )],
+            vec![mount("overlay", "overlay", &["lowerdir=/l"])],
+            vec![mount("ext4", "/dev/mapper/thin-1", &[])],
+            vec![mount("bind", "/a", &["rbind", "ro"])],
+            vec![],
+            vec![mount("bind", "/a", &[]), mount("bind", "/b", &[])],
+        ] {
+            assert!(target_of(&other).is_none(), "{other:?}");
+        }
+    }
+}
