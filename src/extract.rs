@@ -88,14 +88,21 @@ pub enum ExtractError {
     Entry { entry: String, message: String },
 }
 
-/// Applies the tar stream `tar` to `target`.
-pub fn apply(target: &Target, tar: impl Read) -> Result<Applied, ExtractError> {
+/// Applies the tar stream `tar` to `target`. `pace` is told of every
+/// chunk of file content about to be written, and may block to hold a
+/// write rate.
+pub fn apply(
+    target: &Target,
+    tar: impl Read,
+    pace: &(dyn Fn(u64) + Sync),
+) -> Result<Applied, ExtractError> {
     let mut hashed = Hashing {
         inner: tar,
         hash: Sha256::new(),
     };
     let mut applier = Applier {
         target,
+        pace,
         unpacked: HashSet::new(),
         dirs: Vec::new(),
         size: 0,
@@ -132,6 +139,23 @@ impl<R: Read> Read for Hashing<R> {
     }
 }
 
+/// A writer that asks `pace` before each write.
+struct Paced<'a, W> {
+    inner: W,
+    pace: &'a (dyn Fn(u64) + Sync),
+}
+
+impl<W: io::Write> io::Write for Paced<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        (self.pace)(buf.len() as u64);
+        self.inner.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// An entry's times, as containerd sets them.
 #[derive(Debug, Clone, Copy)]
 struct Times {
@@ -141,6 +165,7 @@ struct Times {
 
 struct Applier<'a> {
     target: &'a Target,
+    pace: &'a (dyn Fn(u64) + Sync),
     /// Paths this layer wrote, which an opaque whiteout keeps.
     unpacked: HashSet<PathBuf>,
     /// Directories whose times are set at the end.
@@ -252,7 +277,13 @@ impl Applier<'_> {
                     .write(true)
                     .create_new(true)
                     .open(path)?;
-                let n = io::copy(entry, &mut f)?;
+                let n = io::copy(
+                    entry,
+                    &mut Paced {
+                        inner: &mut f,
+                        pace: self.pace,
+                    },
+                )?;
                 if n < meta.size && kind != T::GNUSparse {
                     return Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,

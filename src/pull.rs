@@ -244,6 +244,9 @@ pub struct Engine {
     /// layer starts only once the bytes unpacked so far are back within
     /// the rate. Unlimited otherwise.
     pub unpack_pace: Bandwidth,
+    /// Holds prewarm's own writes (the in-process unpack) to
+    /// `write-bandwidth`.
+    pub write_pace: Arc<Bandwidth>,
 }
 
 /// An image's fate before execution.
@@ -295,6 +298,12 @@ impl Engine {
         Ok(Engine {
             bandwidth: Bandwidth::new(settings.bandwidth),
             unpack_pace: Bandwidth::new(None),
+            write_pace: Arc::new(Bandwidth::new(
+                settings
+                    .io_limits
+                    .write_bps
+                    .and_then(std::num::NonZeroU64::new),
+            )),
             retry: Retry::new(settings.retries),
             disk: Arc::new(Statvfs(image_fs.mountpoint)),
             disk_path,
@@ -927,20 +936,25 @@ impl Engine {
                             layer,
                             mounts,
                             &lease,
+                            &self.write_pace,
                         )
                     },
                 );
                 let t0 = Instant::now();
-                tokio::select! {
-                    unpacked = unpack => {
-                        if let Some(by) = unpacked? {
-                            unpacked_by.lock().unwrap_or_else(PoisonError::into_inner).insert(by);
-                        }
-                    }
+                let by = tokio::select! {
+                    unpacked = unpack => unpacked?,
                     full = self.watch_reserve() => return Err(full),
+                };
+                if let Some(by) = by {
+                    unpacked_by
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(by);
                 }
                 tracing::debug!(layer = %layer.digest, seconds = t0.elapsed().as_secs_f64(), "unpacked");
-                if self.unpack_pace.rate().is_some() {
+                // containerd's unpack writes are paid for after the fact;
+                // prewarm's own were paced as they were written.
+                if self.unpack_pace.rate().is_some() && by == Some(Unpack::Containerd) {
                     // What the layer wrote is paid for by the next unpack.
                     let written = match self
                         .containerd

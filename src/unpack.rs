@@ -14,10 +14,12 @@ use crate::config::Unpack;
 use crate::containerd::{Containerd, ContainerdError, Desc, Mount};
 use crate::extract::{self, ExtractError, Target, Whiteouts};
 use crate::manifest::{layer_compression, Compression};
+use crate::throttle::Bandwidth;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use std::io::Read;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// Why a layer could not be unpacked.
 #[derive(Debug, thiserror::Error)]
@@ -57,10 +59,11 @@ pub async fn apply(
     layer: &Desc,
     mounts: Vec<Mount>,
     lease: &str,
+    pace: &Arc<Bandwidth>,
 ) -> Result<(String, Unpack), UnpackError> {
     if how == Unpack::Prewarm {
         if let Some(target) = target_of(&mounts) {
-            let diff_id = in_process(c, layer, target).await?;
+            let diff_id = in_process(c, layer, target, pace.clone()).await?;
             return Ok((diff_id, Unpack::Prewarm));
         }
         tracing::debug!(layer = %layer.digest, ?mounts, "not an overlayfs snapshot: containerd unpacks");
@@ -108,8 +111,15 @@ pub fn target_of(mounts: &[Mount]) -> Option<Target> {
 }
 
 /// Reads the blob from containerd's content store, decompresses it and
-/// applies it to `target` on a blocking thread.
-async fn in_process(c: &Containerd, layer: &Desc, target: Target) -> Result<String, UnpackError> {
+/// applies it to `target` on a blocking thread, its file writes held to
+/// `pace`: these writes are prewarm's, which an IO cap on containerd's
+/// cgroup does not hold.
+async fn in_process(
+    c: &Containerd,
+    layer: &Desc,
+    target: Target,
+    pace: Arc<Bandwidth>,
+) -> Result<String, UnpackError> {
     let compression =
         layer_compression(&layer.media_type).ok_or_else(|| UnpackError::MediaType {
             layer: layer.digest.clone(),
@@ -141,7 +151,17 @@ async fn in_process(c: &Containerd, layer: &Desc, target: Target) -> Result<Stri
                 Box::new(zstd::stream::read::Decoder::new(blob).map_err(ExtractError::Read)?)
             }
         };
-        extract::apply(&target, std::io::BufReader::with_capacity(1 << 20, tar))
+        let hold = |bytes: u64| {
+            let wait = pace.reserve(bytes, std::time::Instant::now());
+            if !wait.is_zero() {
+                std::thread::sleep(wait);
+            }
+        };
+        extract::apply(
+            &target,
+            std::io::BufReader::with_capacity(1 << 20, tar),
+            &hold,
+        )
     });
     let (_, applied) = tokio::join!(feed, extract);
     let applied = applied

@@ -57,7 +57,7 @@ fn metadata_is_kept_as_containerd_keeps_it() {
         .file(&long, 0o644, (0, 0), b"long")
         .file("usr/share/ünïcødé/名前.txt", 0o644, (0, 0), b"names")
         .bytes();
-    let applied = apply(&target(&root, &[], Whiteouts::Remove), &tar[..]).unwrap();
+    let applied = apply(&target(&root, &[], Whiteouts::Remove), &tar[..], &|_| {}).unwrap();
     assert_eq!(applied.diff_id, prewarm::digest::sha256(&tar));
     assert_eq!(applied.entries, 11);
 
@@ -118,13 +118,13 @@ fn whiteouts_on_a_first_layer_remove() {
         .file("etc/kept", 0o644, (0, 0), b"x")
         .file("opt/app/old", 0o644, (0, 0), b"x")
         .bytes();
-    apply(&t, &one[..]).unwrap();
+    apply(&t, &one[..], &|_| {}).unwrap();
     let two = Layer::new()
         .file("etc/.wh.gone", 0o644, (0, 0), b"")
         .file("opt/app/new", 0o644, (0, 0), b"y")
         .file("opt/app/.wh..wh..opq", 0o644, (0, 0), b"")
         .bytes();
-    apply(&t, &two[..]).unwrap();
+    apply(&t, &two[..], &|_| {}).unwrap();
     assert!(!root.join("etc/gone").exists());
     assert!(root.join("etc/kept").exists());
     assert!(!root.join("etc/.wh.gone").exists());
@@ -145,14 +145,14 @@ fn whiteouts_on_an_overlay_upper_and_parents_from_the_lower() {
         .dir("opt/app", 0o711, (7, 8))
         .file("opt/app/bin", 0o755, (7, 8), b"x")
         .bytes();
-    apply(&target(&lower, &[], Whiteouts::Remove), &base[..]).unwrap();
+    apply(&target(&lower, &[], Whiteouts::Remove), &base[..], &|_| {}).unwrap();
     let t = target(&upper, &[&lower], Whiteouts::Overlay);
     let top = Layer::new()
         .file("opt/app/.wh.bin", 0o644, (0, 0), b"")
         .file("opt/.wh..wh..opq", 0o644, (0, 0), b"")
         .file("opt/app/conf", 0o600, (0, 0), b"new")
         .bytes();
-    apply(&t, &top[..]).unwrap();
+    apply(&t, &top[..], &|_| {}).unwrap();
     let wh = meta(&upper.join("opt/app/bin"));
     assert!(
         wh.file_type().is_char_device() && wh.rdev() == 0,
@@ -186,13 +186,13 @@ fn later_entries_replace_earlier_ones() {
         .dir("c", 0o700, (0, 0))
         .file("c/kept", 0o644, (0, 0), b"x")
         .bytes();
-    apply(&t, &one[..]).unwrap();
+    apply(&t, &one[..], &|_| {}).unwrap();
     let two = Layer::new()
         .dir("a", 0o750, (0, 0))
         .link(tar::EntryType::Symlink, "b", "c")
         .dir("c", 0o755, (0, 0))
         .bytes();
-    apply(&t, &two[..]).unwrap();
+    apply(&t, &two[..], &|_| {}).unwrap();
     assert!(
         meta(&root.join("a")).is_dir(),
         "a file replaced by a directory"
@@ -228,7 +228,7 @@ fn hostile_entries_stay_inside_the_root() {
         .raw(tar::EntryType::Regular, "host-etc/escape-etc", "", b"x")
         .raw(tar::EntryType::Regular, "..", "", b"x")
         .bytes();
-    apply(&t, &tar[..]).unwrap();
+    apply(&t, &tar[..], &|_| {}).unwrap();
     for inside in [
         "escape-dotdot",
         "abs/escape-abs",
@@ -252,14 +252,14 @@ fn hostile_entries_stay_inside_the_root() {
     let tar = Layer::new()
         .raw(tar::EntryType::Link, "stolen", "../secret", b"")
         .bytes();
-    match apply(&t, &tar[..]) {
+    match apply(&t, &tar[..], &|_| {}) {
         Err(ExtractError::Entry { entry, .. }) => assert_eq!(entry, "stolen"),
         other => panic!("{other:?}"),
     }
     assert_eq!(meta(&secret).nlink(), 1);
     // A symlink loop in a parent is an error, not a hang.
     let tar = Layer::new().file("loop/x", 0o644, (0, 0), b"x").bytes();
-    assert!(apply(&t, &tar[..]).is_err());
+    assert!(apply(&t, &tar[..], &|_| {}).is_err());
 }
 
 #[test]
@@ -270,7 +270,7 @@ fn a_broken_stream_is_an_error() {
         .file("big", 0o644, (0, 0), &vec![7u8; 100_000])
         .bytes();
     // Cut inside the file's data: the entry is named.
-    match apply(&t, &tar[..50_000]) {
+    match apply(&t, &tar[..50_000], &|_| {}) {
         Err(ExtractError::Entry { entry, .. }) => assert_eq!(entry, "big"),
         other => panic!("{other:?}"),
     }
@@ -281,7 +281,7 @@ fn a_broken_stream_is_an_error() {
         .bytes();
     let t2 = target(&dir.path().join("root2"), &[], Whiteouts::Remove);
     assert!(matches!(
-        apply(&t2, &two[..1024 + 100]),
+        apply(&t2, &two[..1024 + 100], &|_| {}),
         Err(ExtractError::Read(_))
     ));
 }

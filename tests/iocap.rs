@@ -215,7 +215,7 @@ fn pull_compressible_layers(env: &Env, name: &str) -> prewarm::report::Report {
                 format!("layer {i}\n").repeat(1 << 20).into_bytes(),
             )],
             compression: Gzip,
-            tar: None,
+            ..Default::default()
         })
         .collect();
     let img = push(

@@ -82,6 +82,7 @@ fn fidelity_layers() -> Vec<LayerSpec> {
         files: Vec::new(),
         compression,
         tar: Some(tar),
+        ..Default::default()
     })
     .collect()
 }

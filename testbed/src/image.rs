@@ -12,9 +12,10 @@ use std::path::Path;
 use std::process::Command;
 
 /// Layer compression.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Compression {
     /// `tar+gzip` (Docker: `rootfs.diff.tar.gzip`).
+    #[default]
     Gzip,
     /// `tar+zstd` (OCI only).
     Zstd,
@@ -24,7 +25,7 @@ pub enum Compression {
 
 /// One layer: regular files (mode 0644, parent dirs 0755 added) and how to
 /// compress the tar.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct LayerSpec {
     /// (path inside the image, contents).
     pub files: Vec<(String, Vec<u8>)>,
@@ -32,6 +33,9 @@ pub struct LayerSpec {
     pub compression: Compression,
     /// A ready tar stream, used as it is instead of `files`.
     pub tar: Option<Vec<u8>>,
+    /// The diff ID the image config claims, instead of the real one: for
+    /// tests of the check.
+    pub claimed_diff_id: Option<String>,
 }
 
 /// One single-platform image.
@@ -217,7 +221,11 @@ fn build_image(layout: &Path, img: &ImageSpec, format: Format) -> Result<Built> 
     let (mut layers, mut diff_ids, mut unpacked_size) = (Vec::new(), Vec::new(), 0u64);
     for l in &img.layers {
         let tar = layer_tar(l)?;
-        diff_ids.push(sha256_digest(&tar));
+        diff_ids.push(
+            l.claimed_diff_id
+                .clone()
+                .unwrap_or_else(|| sha256_digest(&tar)),
+        );
         unpacked_size += tar.len() as u64;
         let (blob, mt) = match (l.compression, docker) {
             (Compression::Gzip, _) => {

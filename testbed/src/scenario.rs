@@ -38,7 +38,7 @@ pub fn sample_image(seed: u64, layers: usize, size: usize, compression: Compress
                     compressible_bytes(seed * 100 + i as u64, size),
                 )],
                 compression,
-                tar: None,
+                ..Default::default()
             })
             .collect(),
         os: "linux".into(),

@@ -19,7 +19,7 @@ fn layer(c: Compression, files: &[(&str, &[u8])]) -> LayerSpec {
             .map(|(p, d)| (p.to_string(), d.to_vec()))
             .collect(),
         compression: c,
-        tar: None,
+        ..Default::default()
     }
 }
 

@@ -146,7 +146,7 @@ pub fn layers(seed: u64, kinds: &[Compression], size: usize) -> Vec<LayerSpec> {
                 ),
             ],
             compression: *c,
-            tar: None,
+            ..Default::default()
         })
         .collect()
 }
