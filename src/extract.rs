@@ -412,9 +412,10 @@ struct Meta {
 impl Meta {
     fn of<R: Read>(entry: &mut tar::Entry<R>) -> io::Result<Meta> {
         let h = entry.header();
-        let mut uid = h.uid()?;
-        let mut gid = h.gid()?;
-        let mut mtime = (h.mtime()? as i64, 0i64);
+        let old = h.as_old();
+        let mut uid = or_zero(h.uid(), &old.uid)?;
+        let mut gid = or_zero(h.gid(), &old.gid)?;
+        let mut mtime = (or_zero(h.mtime(), &old.mtime)? as i64, 0i64);
         let mut atime: Option<(i64, i64)> = None;
         let size = entry.size();
         let link = entry.link_name_bytes().map(|l| l.into_owned());
@@ -423,7 +424,7 @@ impl Meta {
             h.device_major().ok().flatten().unwrap_or(0) as u64,
             h.device_minor().ok().flatten().unwrap_or(0) as u64,
         );
-        let mode = h.mode()?;
+        let mode = or_zero(h.mode().map(u64::from), &old.mode)? as u32;
         if let Some(gnu) = h.as_gnu() {
             if let Ok(a) = gnu.atime() {
                 if a != 0 {
@@ -467,6 +468,16 @@ impl Meta {
             dev_minor,
             xattrs,
         })
+    }
+}
+
+/// A numeric header field; an empty one (all NULs or spaces, as some
+/// writers leave uid, gid or mtime) reads as 0, as Go's tar reader, and so
+/// containerd, has it.
+fn or_zero(parsed: io::Result<u64>, raw: &[u8]) -> io::Result<u64> {
+    match parsed {
+        Err(_) if raw.iter().all(|b| *b == 0 || *b == b' ') => Ok(0),
+        other => other,
     }
 }
 

@@ -15,7 +15,7 @@ use testbed::{Compression, Containerd, Format, ImageSpec, LayerSpec};
 
 const SECURITY_CAPABILITY: &[u8] = &[1, 0, 0, 2, 0, 32, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
 
-/// Three layers (gzip, zstd, none) with what images carry and the corners
+/// Four layers (gzip, zstd, none, gzip) with what images carry and the corners
 /// of the layer format: special modes and owners, xattrs, links, devices,
 /// long and non-ASCII names, sub-second times, whiteouts of files and of
 /// directories, opaque directories, replacements, and implicit parents
@@ -84,6 +84,12 @@ fn fidelity_layers() -> Vec<LayerSpec> {
         tar: Some(tar),
         ..Default::default()
     })
+    // And one as the testbed writes layers, with empty uid, gid and
+    // mtime fields (Go's tar reader takes them as 0).
+    .chain([LayerSpec {
+        files: vec![("usr/lib/libplain.so".into(), vec![9; 3000])],
+        ..Default::default()
+    }])
     .collect()
 }
 
@@ -271,10 +277,10 @@ async fn prewarm_unpacks_what_containerd_unpacks() {
     let top = chains.last().unwrap();
     let (theirs, their_mounts) = layer_dirs(&env.containerd, top, "view-c");
     let (ours, our_mounts) = layer_dirs(&other, top, "view-p");
-    assert_eq!((theirs.len(), ours.len()), (3, 3));
+    assert_eq!((theirs.len(), ours.len()), (4, 4));
     for (n, (t, o)) in theirs.iter().zip(&ours).enumerate() {
         let (t, o) = (tree(t, made_after), tree(o, made_after));
-        assert!(t.len() > 3, "layer {n} has entries");
+        assert!(t.len() > 2, "layer {n} has entries");
         for (path, node) in &t {
             assert_eq!(o.get(path), Some(node), "layer {} (topmost 0): {path:?}", n);
         }
@@ -285,7 +291,7 @@ async fn prewarm_unpacks_what_containerd_unpacks() {
         );
     }
     // The whiteouts really are in overlay form on our side.
-    let wh = std::fs::symlink_metadata(ours[1].join("etc/gone")).unwrap();
+    let wh = std::fs::symlink_metadata(ours[2].join("etc/gone")).unwrap();
     assert!(std::os::unix::fs::FileTypeExt::is_char_device(
         &wh.file_type()
     ));
@@ -300,4 +306,196 @@ async fn prewarm_unpacks_what_containerd_unpacks() {
     assert!(!t.contains_key(Path::new("etc/gone")) && t.contains_key(Path::new("etc/kept")));
     assert!(!t.contains_key(Path::new("opt/app/old")));
     assert_eq!(t, o);
+}
+
+/// The env's config with the in-process unpack and `extra`.
+fn prewarm_config(env: &Env, reference: &str, pull: &str, extra: &str) -> PathBuf {
+    env.config_with(
+        &[(reference, true)],
+        &format!("unpack = \"prewarm\"\n{pull}"),
+        extra,
+    )
+}
+
+/// A layer whose config claims another diff ID is unpacked, found out and
+/// never committed: no snapshot under the chain ID, no half-written
+/// snapshot left behind, the image not recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_diff_id_is_never_committed() {
+    let env = Env::start();
+    let lie = LayerSpec {
+        files: vec![("etc/motd".into(), b"hello".to_vec())],
+        claimed_diff_id: Some(prewarm::digest::sha256(b"something else")),
+        ..Default::default()
+    };
+    let pushed = push(
+        &env.registry.host(),
+        "lies/app:1",
+        &[ImageSpec::linux("amd64", vec![lie])],
+        Format::Oci,
+        &env.path("images"),
+    );
+    let config = prewarm_config(&env, &pushed.reference, "retries = 1", "");
+    let out = env.prewarm(&["pull", "--config", config.to_str().unwrap()]);
+    assert_eq!(exit_code(&out), 3);
+    let report = env.report();
+    let reason = report.images[0].reason.as_deref().unwrap_or("");
+    assert!(reason.contains("but the image config says"), "{reason}");
+    let client = env.client().await;
+    let chain = &prewarm::manifest::chain_ids(&pushed.manifests[0].diff_ids)[0];
+    assert!(!client.snapshot_exists("overlayfs", chain).await.unwrap());
+    let snapshots = env
+        .containerd
+        .ctr(&["snapshots", "--snapshotter", "overlayfs", "ls"])
+        .unwrap();
+    assert_eq!(snapshots.lines().count(), 1, "only the header: {snapshots}");
+    assert_eq!(
+        env.containerd.ctr(&["images", "ls", "-q"]).unwrap().trim(),
+        ""
+    );
+}
+
+/// A layer that tries to write outside its snapshot, through a pull: what
+/// containerd contains is contained, and every file lands inside the
+/// snapshot's own directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_layer_stays_inside_its_snapshot() {
+    let env = Env::start();
+    let tar = Layer::new()
+        .raw(tar::EntryType::Regular, "../../../escape-dotdot", "", b"x")
+        .raw(tar::EntryType::Symlink, "to-root", "/", b"")
+        .raw(tar::EntryType::Regular, "to-root/escape-abs", "", b"x")
+        .raw(tar::EntryType::Symlink, "up", "../../../../..", b"")
+        .raw(tar::EntryType::Regular, "up/escape-rel", "", b"x")
+        .bytes();
+    let hostile = LayerSpec {
+        tar: Some(tar),
+        ..Default::default()
+    };
+    let pushed = push(
+        &env.registry.host(),
+        "hostile/app:1",
+        &[ImageSpec::linux("amd64", vec![hostile])],
+        Format::Oci,
+        &env.path("images"),
+    );
+    let config = prewarm_config(&env, &pushed.reference, "retries = 0", "");
+    let out = env.prewarm(&["pull", "--config", config.to_str().unwrap()]);
+    assert_eq!(exit_code(&out), 0);
+    assert_eq!(env.report().images[0].unpacked_by, ["prewarm"]);
+    let snapshots = env
+        .containerd
+        .root
+        .join("io.containerd.snapshotter.v1.overlayfs/snapshots");
+    let mut found = Vec::new();
+    let mut todo = vec![env.dir.path().to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() {
+                todo.push(p);
+            } else if e.file_name().to_string_lossy().starts_with("escape-") {
+                found.push(p);
+            }
+        }
+    }
+    found.sort();
+    assert_eq!(found.len(), 3, "{found:?}");
+    for p in &found {
+        let rel = p.strip_prefix(&snapshots).expect("inside the snapshots");
+        let parts: Vec<_> = rel.components().collect();
+        assert_eq!(parts.len(), 3, "directly in snapshots/<id>/fs: {p:?}");
+        assert_eq!(parts[1].as_os_str(), "fs");
+    }
+}
+
+/// kill -9 while a layer is being written: the half-written snapshot is
+/// never committed, and a re-run writes the layer again and ends with the
+/// image complete and correct.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_extract_then_a_rerun_is_correct() {
+    let env = Env::start();
+    let parts: Vec<(String, Vec<u8>)> = (0..24)
+        .map(|i| {
+            (
+                format!("big/part-{i:02}"),
+                testbed::random_bytes(500 + i, 1 << 20),
+            )
+        })
+        .collect();
+    let big = LayerSpec {
+        files: parts.clone(),
+        ..Default::default()
+    };
+    let small = LayerSpec {
+        files: vec![("etc/app.conf".into(), b"conf".to_vec())],
+        ..Default::default()
+    };
+    let pushed = push(
+        &env.registry.host(),
+        "big/extract:1",
+        &[ImageSpec::linux("amd64", vec![big, small])],
+        Format::Oci,
+        &env.path("images"),
+    );
+    // At 4 MiB/s the 24 MiB layer takes about six seconds to write.
+    let config = prewarm_config(
+        &env,
+        &pushed.reference,
+        "retries = 0",
+        "[throttle]\nwrite-bandwidth = \"4MiB/s\"\n",
+    );
+    let root = env.path("root");
+    std::fs::create_dir_all(&root).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_prewarm"))
+        .arg("--config-root")
+        .arg(&root)
+        .args(["pull", "--config", config.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let snapshots = env
+        .containerd
+        .root
+        .join("io.containerd.snapshotter.v1.overlayfs/snapshots");
+    testbed::poll_until(
+        "the layer's first files in a snapshot",
+        std::time::Duration::from_secs(60),
+        || {
+            let started = std::fs::read_dir(&snapshots)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|d| d.path().join("fs/big/part-02").exists());
+            Ok(started.then_some(()))
+        },
+    )
+    .unwrap();
+    child.kill().unwrap(); // SIGKILL: no cleanup at all
+    child.wait().unwrap();
+    let client = env.client().await;
+    let chains = prewarm::manifest::chain_ids(&pushed.manifests[0].diff_ids);
+    assert!(
+        !client
+            .snapshot_exists("overlayfs", &chains[0])
+            .await
+            .unwrap(),
+        "killed mid-layer: nothing committed"
+    );
+
+    let config = prewarm_config(&env, &pushed.reference, "retries = 0", "");
+    let out = env.prewarm(&["pull", "--config", config.to_str().unwrap()]);
+    assert_eq!(exit_code(&out), 0);
+    env.assert_visible(&pushed, 0).await;
+    let (_, mounts) = layer_dirs(&env.containerd, chains.last().unwrap(), "view-k");
+    let merged = env.path("merged");
+    mount_view(&mounts, &merged);
+    let _u = Unmount(merged.clone());
+    for (path, data) in &parts {
+        let got = std::fs::read(merged.join(path)).unwrap();
+        assert!(got == *data, "{path} is whole");
+    }
+    assert_eq!(std::fs::read(merged.join("etc/app.conf")).unwrap(), b"conf");
 }
