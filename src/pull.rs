@@ -247,6 +247,8 @@ pub struct Engine {
     /// Holds prewarm's own writes (the in-process unpack) to
     /// `write-bandwidth`.
     pub write_pace: Arc<Bandwidth>,
+    /// One lock per layer (chain ID) being unpacked.
+    chain_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// An image's fate before execution.
@@ -298,6 +300,7 @@ impl Engine {
         Ok(Engine {
             bandwidth: Bandwidth::new(settings.bandwidth),
             unpack_pace: Bandwidth::new(None),
+            chain_locks: Mutex::new(HashMap::new()),
             write_pace: Arc::new(Bandwidth::new(
                 settings
                     .io_limits
@@ -538,6 +541,16 @@ impl Engine {
             }
             None => Ok(true),
         }
+    }
+
+    /// The lock that one unpack of layer `chain` holds.
+    fn chain_lock(&self, chain: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.chain_locks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(chain.to_string())
+            .or_default()
+            .clone()
     }
 
     /// Finds which layers of a not yet present image the store already
@@ -917,11 +930,26 @@ impl Engine {
                     message: "download stopped".into(),
                 })??;
                 let chain = &r.chain_ids[i];
-                // containerd writes the unpacked layer itself: check there is
-                // room first, and watch free space while it works.
-                let estimate = r.layer_unpacked(i, self.settings.unpack_ratio);
-                self.unpack_pace.take(0).await;
-                self.check_reserve(estimate)?;
+                // One unpack per layer at a time, across images: an image
+                // on the same base waits for it and finds it done, rather
+                // than writing it a second time beside it.
+                let chain_lock = self.chain_lock(chain);
+                let _unpacking = chain_lock.lock().await;
+                let done = self
+                    .containerd
+                    .snapshot_exists(&self.snapshotter, chain)
+                    .await?;
+                // Check there is room first, and watch free space while the
+                // layer is written.
+                let estimate = if done {
+                    0
+                } else {
+                    r.layer_unpacked(i, self.settings.unpack_ratio)
+                };
+                if !done {
+                    self.unpack_pace.take(0).await;
+                    self.check_reserve(estimate)?;
+                }
                 let unpack = self.containerd.unpack_layer(
                     &self.snapshotter,
                     layer,
