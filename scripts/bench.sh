@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmark: prewarm vs containerd's own pull (ctr) on the same images in
 # one run, plus the bandwidth cap over 10 s windows. Prints numbers.
-#   scripts/bench.sh [--scale F] [--only set|single|throttle] [--runs N]
+#   scripts/bench.sh [--scale F] [--only set|single|throttle|usr] [--runs N] [--tmpfs]
 # It measures the binary that ships: the static musl build of
 # scripts/build-release.sh (PREWARM_BIN overrides it).
 set -euo pipefail

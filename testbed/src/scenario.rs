@@ -69,6 +69,25 @@ pub fn push_all(
         .collect()
 }
 
+/// A layer tarred from directories of this machine (`/usr/share`, say),
+/// with their real modes, owners, times and symlinks, under their own
+/// paths: an image shaped like a real one, many small files and some big
+/// shared libraries.
+pub fn host_layer(dirs: &[&Path], compression: Compression) -> Result<LayerSpec> {
+    let mut b = tar::Builder::new(Vec::new());
+    b.follow_symlinks(false);
+    for dir in dirs {
+        let name = dir.strip_prefix("/").unwrap_or(dir);
+        b.append_dir_all(name, dir)
+            .with_context(|| format!("tarring {}", dir.display()))?;
+    }
+    Ok(LayerSpec {
+        tar: Some(b.into_inner()?),
+        compression,
+        ..Default::default()
+    })
+}
+
 /// A prewarm config fragment for `containerd` listing `images`, with the
 /// report at `report` and `extra` lines appended (whole tables).
 pub fn prewarm_config(
