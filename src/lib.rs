@@ -7,7 +7,7 @@
 //! |---|---|
 //! | 0 | success: every required image is present (by tag and by digest) |
 //! | 1 | unexpected failure |
-//! | 2 | usage or configuration error; nothing was contacted or written |
+//! | 2 | usage or configuration error, in prewarm's configuration or in the node's registry files (`hosts.toml`, the CA files it names, docker `config.json`); nothing was contacted or written |
 //! | 3 | a required image is not present after the run |
 //! | 4 | containerd or its CRI service could not be reached |
 //! | 5 | `untaint`: the Kubernetes API refused or never answered, so the outcome could not be written to the Node (401/403), or it or the Node was not there by the deadline plus `give-up-after` |
