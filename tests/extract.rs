@@ -217,12 +217,8 @@ fn hostile_entries_stay_inside_the_root() {
     let t = target(&root, &[], Whiteouts::Remove);
     let outside = dir.path().join("jail");
     let tar = Layer::new()
-        .raw(tar::EntryType::Regular, "../../escape-dotdot", "", b"x")
+        .escapes()
         .raw(tar::EntryType::Regular, "/abs/escape-abs", "", b"x")
-        .raw(tar::EntryType::Symlink, "to-root", "/", b"")
-        .raw(tar::EntryType::Regular, "to-root/escape-abs-link", "", b"x")
-        .raw(tar::EntryType::Symlink, "up", "../../..", b"")
-        .raw(tar::EntryType::Regular, "up/escape-rel-link", "", b"x")
         .raw(tar::EntryType::Symlink, "loop", "loop", b"")
         .raw(tar::EntryType::Symlink, "host-etc", "/etc", b"")
         .raw(tar::EntryType::Regular, "host-etc/escape-etc", "", b"x")

@@ -6,7 +6,6 @@ mod common;
 
 use common::*;
 use prewarm::report::ImageStatus;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 use testbed::{
     Compression::{Gzip, Zstd},
@@ -40,16 +39,7 @@ async fn kill_mid_blob_then_rerun_resumes_with_range() {
     let reference = via(&proxy, &img);
     let config = env.config(&[(&reference, true)], "");
 
-    let root = env.path("root");
-    std::fs::create_dir_all(&root).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_prewarm"))
-        .arg("--config-root")
-        .arg(&root)
-        .args(["pull", "--config", config.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = env.spawn_prewarm(&["pull", "--config", config.to_str().unwrap()]);
     // Wait until several MiB of the layer are in containerd's ingest.
     let ingest = env
         .containerd

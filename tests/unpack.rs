@@ -361,13 +361,7 @@ async fn a_wrong_diff_id_is_never_committed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hostile_layer_stays_inside_its_snapshot() {
     let env = Env::start();
-    let tar = Layer::new()
-        .raw(tar::EntryType::Regular, "../../../escape-dotdot", "", b"x")
-        .raw(tar::EntryType::Symlink, "to-root", "/", b"")
-        .raw(tar::EntryType::Regular, "to-root/escape-abs", "", b"x")
-        .raw(tar::EntryType::Symlink, "up", "../../../../..", b"")
-        .raw(tar::EntryType::Regular, "up/escape-rel", "", b"x")
-        .bytes();
+    let tar = Layer::new().escapes().bytes();
     let hostile = LayerSpec {
         tar: Some(tar),
         ..Default::default()
@@ -446,16 +440,7 @@ async fn kill_9_mid_extract_then_a_rerun_is_correct() {
         "retries = 0",
         "[throttle]\nwrite-bandwidth = \"4MiB/s\"\n",
     );
-    let root = env.path("root");
-    std::fs::create_dir_all(&root).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_prewarm"))
-        .arg("--config-root")
-        .arg(&root)
-        .args(["pull", "--config", config.to_str().unwrap()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = env.spawn_prewarm(&["pull", "--config", config.to_str().unwrap()]);
     let snapshots = env
         .containerd
         .root

@@ -107,3 +107,18 @@ impl Layer {
         self.b.into_inner().expect("building a test tar")
     }
 }
+
+impl Layer {
+    /// The ways out of a layer's directory that containerd contains: a
+    /// `..` name, and entries written through an absolute and a relative
+    /// symlink that point above the root. Each writes a file whose name
+    /// starts with `escape-`: `escape-dotdot`, `escape-abs-link` and
+    /// `escape-rel-link`, all of which must land directly in the root.
+    pub fn escapes(self) -> Self {
+        self.raw(tar::EntryType::Regular, "../../../escape-dotdot", "", b"x")
+            .raw(tar::EntryType::Symlink, "to-root", "/", b"")
+            .raw(tar::EntryType::Regular, "to-root/escape-abs-link", "", b"x")
+            .raw(tar::EntryType::Symlink, "up", "../../../../..", b"")
+            .raw(tar::EntryType::Regular, "up/escape-rel-link", "", b"x")
+    }
+}

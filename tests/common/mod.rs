@@ -73,6 +73,21 @@ impl Env {
         run_prewarm(&root, args)
     }
 
+    /// Starts the prewarm binary with `args` and this env's config root,
+    /// its output thrown away: for tests that kill it mid-run.
+    pub fn spawn_prewarm(&self, args: &[&str]) -> std::process::Child {
+        let root = self.path("root");
+        std::fs::create_dir_all(&root).expect("config root");
+        Command::new(env!("CARGO_BIN_EXE_prewarm"))
+            .arg("--config-root")
+            .arg(&root)
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starting prewarm")
+    }
+
     pub fn report(&self) -> prewarm::report::Report {
         prewarm::report::Report::read(&self.path("report.json")).expect("reading report")
     }
