@@ -104,6 +104,7 @@ pub fn apply(
         target,
         pace,
         unpacked: HashSet::new(),
+        plain_dirs: HashSet::new(),
         dirs: Vec::new(),
         size: 0,
         entries: 0,
@@ -168,6 +169,10 @@ struct Applier<'a> {
     pace: &'a (dyn Fn(u64) + Sync),
     /// Paths this layer wrote, which an opaque whiteout keeps.
     unpacked: HashSet<PathBuf>,
+    /// Parent paths already resolved to themselves: directories all the
+    /// way down, no symlink on the way. Forgotten whenever something is
+    /// removed.
+    plain_dirs: HashSet<Vec<OsString>>,
     /// Directories whose times are set at the end.
     dirs: Vec<(Vec<OsString>, Times, String)>,
     size: u64,
@@ -195,12 +200,21 @@ impl Applier<'_> {
             // The root itself: containerd leaves it alone.
             return Ok(());
         };
-        let parent_comps = resolve(root, comps).map_err(|e| err(format!("resolving: {e}")))?;
+        let parent_comps = if self.plain_dirs.contains(&comps) {
+            comps
+        } else {
+            let resolved =
+                resolve(root, comps.clone()).map_err(|e| err(format!("resolving: {e}")))?;
+            if !resolved.is_empty() {
+                mkparent(root, &resolved, &self.target.parents)
+                    .map_err(|e| err(format!("creating its parent directories: {e}")))?;
+            }
+            if resolved == comps {
+                self.plain_dirs.insert(comps);
+            }
+            resolved
+        };
         let ppath = join(root, &parent_comps);
-        if !parent_comps.is_empty() {
-            mkparent(root, &parent_comps, &self.target.parents)
-                .map_err(|e| err(format!("creating its parent directories: {e}")))?;
-        }
         let path = ppath.join(&base);
         let base_bytes = base.as_bytes();
 
@@ -211,6 +225,7 @@ impl Applier<'_> {
                     Whiteouts::Overlay => lsetxattr(&ppath, OPAQUE_XATTR, b"y", 0)
                         .map_err(|e| err(format!("marking {} opaque: {e}", ppath.display())))?,
                     Whiteouts::Remove => self
+                        .forget_dirs()
                         .remove_not_unpacked(&ppath)
                         .map_err(|e| err(format!("clearing {}: {e}", ppath.display())))?,
                 }
@@ -233,8 +248,11 @@ impl Applier<'_> {
                     })?;
                     lchown(&original, meta.uid, meta.gid).map_err(|e| err(e.to_string()))?;
                 }
-                Whiteouts::Remove => remove_all(&original)
-                    .map_err(|e| err(format!("removing {}: {e}", original.display())))?,
+                Whiteouts::Remove => {
+                    self.forget_dirs();
+                    remove_all(&original)
+                        .map_err(|e| err(format!("removing {}: {e}", original.display())))?
+                }
             }
             return Ok(());
         }
@@ -242,6 +260,7 @@ impl Applier<'_> {
         // Replace what is there, unless a directory meets a directory.
         if let Ok(existing) = std::fs::symlink_metadata(&path) {
             if !(existing.is_dir() && kind.is_dir()) {
+                self.forget_dirs();
                 remove_all(&path).map_err(|e| err(format!("replacing {}: {e}", path.display())))?;
             }
         }
@@ -252,7 +271,9 @@ impl Applier<'_> {
             full.push(base);
             self.dirs.push((full, meta.times, shown.clone()));
         }
-        self.unpacked.insert(path);
+        if self.target.whiteouts == Whiteouts::Remove {
+            self.unpacked.insert(path);
+        }
         Ok(())
     }
 
@@ -343,6 +364,12 @@ impl Applier<'_> {
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(perm))?;
         }
         set_times(path, meta.times)
+    }
+
+    /// Drops what is known of the tree, before something is removed.
+    fn forget_dirs(&mut self) -> &mut Self {
+        self.plain_dirs.clear();
+        self
     }
 
     /// A hardlink's target inside the root.

@@ -139,17 +139,50 @@ async fn in_process(
         }
     };
     let digest = layer.digest.clone();
-    let extract = tokio::task::spawn_blocking(move || {
+    // Two threads: one decompresses, the other hashes and writes files, so
+    // that both cores work on a layer.
+    let (plain_tx, plain_rx) = std::sync::mpsc::sync_channel::<std::io::Result<Vec<u8>>>(4);
+    let decompress = tokio::task::spawn_blocking(move || {
         let blob = ChannelReader {
             rx,
             chunk: Bytes::new(),
         };
-        let tar: Box<dyn Read> = match compression {
-            Compression::None => Box::new(blob),
-            Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(blob)),
+        let decoder: std::io::Result<Box<dyn Read>> = match compression {
+            Compression::None => Ok(Box::new(blob)),
+            Compression::Gzip => Ok(Box::new(flate2::read::MultiGzDecoder::new(blob))),
             Compression::Zstd => {
-                Box::new(zstd::stream::read::Decoder::new(blob).map_err(ExtractError::Read)?)
+                zstd::stream::read::Decoder::new(blob).map(|d| Box::new(d) as Box<dyn Read>)
             }
+        };
+        let mut decoder = match decoder {
+            Ok(d) => d,
+            Err(e) => {
+                let _ = plain_tx.send(Err(e));
+                return;
+            }
+        };
+        loop {
+            let mut buf = vec![0u8; 1 << 20];
+            match read_full(&mut decoder, &mut buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    buf.truncate(n);
+                    if plain_tx.send(Ok(buf)).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let _ = plain_tx.send(Err(e));
+                    return;
+                }
+            }
+        }
+    });
+    let extract = tokio::task::spawn_blocking(move || {
+        let tar = PlainReader {
+            rx: plain_rx,
+            chunk: Vec::new(),
+            at: 0,
         };
         let hold = |bytes: u64| {
             let wait = pace.reserve(bytes, std::time::Instant::now());
@@ -157,12 +190,14 @@ async fn in_process(
                 std::thread::sleep(wait);
             }
         };
-        extract::apply(
-            &target,
-            std::io::BufReader::with_capacity(1 << 20, tar),
-            &hold,
-        )
+        extract::apply(&target, tar, &hold)
     });
+    let extract = async move {
+        let applied = extract.await;
+        // The decompressor ends once the extractor has dropped its end.
+        let _ = decompress.await;
+        applied
+    };
     let (_, applied) = tokio::join!(feed, extract);
     let applied = applied
         .map_err(|e| UnpackError::Thread {
@@ -175,6 +210,45 @@ async fn in_process(
         })?;
     tracing::debug!(layer = %digest, entries = applied.entries, bytes = applied.size, "unpacked in process");
     Ok(applied.diff_id)
+}
+
+/// Reads until `buf` is full or the stream ends.
+fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// A blocking reader over the decompressed chunks of the other thread.
+struct PlainReader {
+    rx: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    at: usize,
+}
+
+impl Read for PlainReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.at == self.chunk.len() {
+            match self.rx.recv() {
+                Ok(chunk) => {
+                    self.chunk = chunk?;
+                    self.at = 0;
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.at);
+        buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
 }
 
 /// A blocking reader over chunks sent from the async side.
