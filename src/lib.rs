@@ -380,6 +380,17 @@ async fn pull(settings: Settings) -> anyhow::Result<Exit> {
             }),
         }),
     };
+    if engine.settings.unpack == config::Unpack::Prewarm {
+        // Those writes are prewarm's: no cap on containerd holds them.
+        if let Some(cap) = report.io_cap.as_mut().filter(|c| c.write_bps.is_some()) {
+            let own = "layers prewarm unpacks itself are written at write-bandwidth, by prewarm \
+                       (write-iops is not paced)";
+            cap.note = Some(match cap.note.take() {
+                Some(n) => format!("{n}; {own}"),
+                None => own.to_string(),
+            });
+        }
+    }
     report.sources = lists.reports.clone();
     report.gc = unpin_delisted(&engine, &lists, &report).await;
     report

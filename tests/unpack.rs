@@ -373,10 +373,21 @@ async fn a_hostile_layer_stays_inside_its_snapshot() {
         Format::Oci,
         &env.path("images"),
     );
-    let config = prewarm_config(&env, &pushed.reference, "retries = 0", "");
+    let config = prewarm_config(
+        &env,
+        &pushed.reference,
+        "retries = 0",
+        "[throttle]\nwrite-bandwidth = \"64MiB/s\"\n",
+    );
     let out = env.prewarm(&["pull", "--config", config.to_str().unwrap()]);
     assert_eq!(exit_code(&out), 0);
-    assert_eq!(env.report().images[0].unpacked_by, ["prewarm"]);
+    let report = env.report();
+    assert_eq!(report.images[0].unpacked_by, ["prewarm"]);
+    let note = report.io_cap.and_then(|c| c.note).unwrap_or_default();
+    assert!(
+        note.contains("written at write-bandwidth, by prewarm"),
+        "{note}"
+    );
     let snapshots = env
         .containerd
         .root
