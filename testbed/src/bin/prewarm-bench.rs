@@ -661,11 +661,10 @@ fn usr_case(
         let secs = |d: Duration| d.as_secs_f64();
         let ratio = secs(by_prewarm.wall) / secs(ctr);
         ratios.push(ratio);
-        max_rss = max_rss
-            .max(by_prewarm.max_rss as f64 / MIB)
-            .max(by_containerd.max_rss as f64 / MIB);
+        let rss = |m: &Measured| m.max_rss as f64 / MIB;
+        max_rss = max_rss.max(rss(&by_prewarm)).max(rss(&by_containerd));
         println!(
-            "{label:<8} {:>9.2} {:>9.2} {:>7.2} {:>11.2} {:>7.2} {:>9.2} {:>12.0} {:>8.1} MiB",
+            "{label:<8} {:>9.2} {:>9.2} {:>7.2} {:>11.2} {:>7.2} {:>9.2} {:>12.0} {:>5.1}/{:.1} MiB",
             secs(fetch),
             secs(ctr),
             secs(by_containerd.wall),
@@ -673,7 +672,8 @@ fn usr_case(
             secs(by_prewarm.wall),
             ratio,
             unpacked / secs(by_prewarm.wall),
-            max_rss,
+            rss(&by_containerd),
+            rss(&by_prewarm),
         );
     }
     ratios.sort_by(f64::total_cmp);
