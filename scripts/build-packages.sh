@@ -5,7 +5,7 @@
 #   prewarm-<version>-1.x86_64.rpm  (cargo-generate-rpm)
 # Both take their asset lists from Cargo.toml ([package.metadata.deb] and
 # [package.metadata.generate-rpm]); tests/packaging.rs keeps the two equal.
-# Installs cargo-deb and cargo-generate-rpm from crates.io when missing.
+# Installs cargo-deb and cargo-generate-rpm from the Rust crate registry when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

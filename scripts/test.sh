@@ -5,6 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+# containerd 1.7 and 2.x beside the installed 1.6, for tests/versions.rs:
+# fetched from the machine's Debian mirror into a cache, not installed.
+scripts/containerd-versions.sh trixie sid
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace -- --test-threads="${PREWARM_TEST_THREADS:-2}"

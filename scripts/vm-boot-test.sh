@@ -71,7 +71,8 @@ timeout=${PREWARM_VM_TIMEOUT:-900}
 variant=${PREWARM_VM_VARIANT:-before}
 [[ $variant == before || $variant == alongside ]] || { echo "PREWARM_VM_VARIANT must be before or alongside" >&2; exit 2; }
 mirror=$(sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -1)
-mirror=${PREWARM_VM_MIRROR:-${mirror:-http://deb.debian.org/debian}}
+mirror=${PREWARM_VM_MIRROR:-$mirror}
+[[ -n $mirror ]] || { echo "vm-boot-test: no Debian mirror in /etc/apt/sources.list.d/debian.sources; set PREWARM_VM_MIRROR" >&2; exit 1; }
 suite=bookworm
 include=systemd,systemd-sysv,linux-image-amd64,initramfs-tools,cloud-init,python3-cffi-backend,containerd,runc,ifupdown,isc-dhcp-client
 case ${PREWARM_VM_EXAMPLE:-bootstrap} in

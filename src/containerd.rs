@@ -637,11 +637,18 @@ impl Containerd {
         keys: &[&str],
     ) -> Result<(), ContainerdError> {
         let paths = keys.iter().map(|k| format!("labels.{k}")).collect();
+        // The record goes back with its target: containerd 1.7 dereferences
+        // the target of every update, whatever the mask says, and a request
+        // without one crashes the daemon (nil pointer in Images.Update).
+        let Some(current) = self.image_get(name).await? else {
+            return Ok(());
+        };
         ImagesClient::new(self.channel())
             .update(self.req(
                 UpdateImageRequest {
                     image: Some(Image {
                         name: name.to_string(),
+                        target: current.target,
                         ..Default::default()
                     }),
                     update_mask: Some(prost_types::FieldMask { paths }),

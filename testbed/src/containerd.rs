@@ -11,6 +11,9 @@ use std::time::Duration;
 pub struct Containerd {
     /// Base directory holding everything below.
     pub dir: PathBuf,
+    /// The daemon's version, as `containerd --version` prints it
+    /// (`1.6.20~ds1`, `2.1.9+unknown`).
+    pub version: String,
     /// gRPC socket (`dir/c.sock`).
     pub socket: PathBuf,
     /// containerd root (`dir/root`).
@@ -26,6 +29,14 @@ impl Containerd {
     /// Writes `dir/config.toml` and starts `containerd --config` on it; returns
     /// once `ctr version` answers and the CRI plugin has started.
     pub fn start(dir: &Path) -> Result<Containerd> {
+        Self::start_binary(dir, Path::new("containerd"))
+    }
+
+    /// [`Containerd::start`] with the daemon at `binary`: another version
+    /// (see `scripts/containerd-versions.sh`), with the config its major
+    /// version reads (`version = 2` for 1.x, `version = 3` for 2.x).
+    pub fn start_binary(dir: &Path, binary: &Path) -> Result<Containerd> {
+        let version = daemon_version(binary)?;
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let dir = dir
             .canonicalize()
@@ -48,8 +59,9 @@ impl Containerd {
             std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
         }
         let d = dir.display();
-        let config = format!(
-            r#"version = 2
+        let config = if version.starts_with("1.") {
+            format!(
+                r#"version = 2
 root = "{d}/root"
 state = "{d}/state"
 oom_score = 0
@@ -85,16 +97,54 @@ oom_score = 0
 [plugins."io.containerd.grpc.v1.cri".registry]
   config_path = "{d}/certs.d"
 "#
-        );
+            )
+        } else {
+            // 2.x: CRI is split into image and runtime plugins.
+            format!(
+                r#"version = 3
+root = "{d}/root"
+state = "{d}/state"
+
+[grpc]
+  address = "{d}/c.sock"
+
+[ttrpc]
+  address = "{d}/c.ttrpc.sock"
+
+[debug]
+  address = "{d}/debug.sock"
+  level = "info"
+
+[metrics]
+  address = ""
+
+[plugins."io.containerd.grpc.v1.cri"]
+  disable_tcp_service = true
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+
+[plugins."io.containerd.cri.v1.images"]
+  snapshotter = "overlayfs"
+
+[plugins."io.containerd.cri.v1.images".registry]
+  config_path = "{d}/certs.d"
+
+[plugins."io.containerd.cri.v1.runtime".cni]
+  bin_dirs = ["{d}/cni/bin"]
+  conf_dir = "{d}/cni/net.d"
+"#
+            )
+        };
         let config_file = dir.join("config.toml");
         std::fs::write(&config_file, config)
             .with_context(|| format!("writing {}", config_file.display()))?;
         let log = dir.join("containerd.log");
-        let mut cmd = Command::new("containerd");
+        let mut cmd = Command::new(binary);
         cmd.arg("--config").arg(&config_file);
         let daemon = Daemon::spawn("containerd", cmd, &log)?;
         let mut c = Containerd {
             dir,
+            version,
             socket,
             root,
             config_path_dir,
@@ -177,6 +227,35 @@ impl Drop for Containerd {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The version `binary --version` prints: its third word.
+fn daemon_version(binary: &Path) -> Result<String> {
+    let out = Command::new(binary)
+        .arg("--version")
+        .output()
+        .with_context(|| format!("running {} --version", binary.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .nth(2)
+        .map(str::to_string)
+        .with_context(|| format!("{} --version printed {text:?}", binary.display()))
+}
+
+/// The containerd of Debian `suite`, as `scripts/containerd-versions.sh`
+/// leaves it, or an error that names the suite and says how to get it.
+pub fn containerd_of_suite(suite: &str) -> Result<PathBuf> {
+    let cache = std::env::var_os("PREWARM_CONTAINERD_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/prewarm-containerd"));
+    let bin = cache.join(suite).join("usr/bin/containerd");
+    if !bin.exists() {
+        bail!(
+            "containerd from Debian {suite} is not at {}: run scripts/containerd-versions.sh {suite}",
+            bin.display()
+        );
+    }
+    Ok(bin)
 }
 
 /// Lazily unmounts everything mounted at or below `dir`, deepest first.

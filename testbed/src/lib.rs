@@ -20,7 +20,7 @@ mod registry;
 pub mod scenario;
 pub mod tarball;
 
-pub use containerd::Containerd;
+pub use containerd::{containerd_of_suite, Containerd};
 pub use files::FileServer;
 pub use image::{
     push_image, random_bytes, write_oci_archive, write_oci_layout, BuiltManifest, Compression,

@@ -3,6 +3,8 @@
 //! run it.
 #![allow(dead_code)]
 
+pub mod fidelity;
+
 use prewarm::containerd::Containerd as Client;
 use prewarm::cri::Cri;
 use std::path::{Path, PathBuf};
@@ -19,11 +21,17 @@ pub struct Env {
 
 impl Env {
     pub fn start() -> Env {
+        Self::start_with(Path::new("containerd"))
+    }
+
+    /// An env whose containerd is the daemon at `binary` (another version).
+    pub fn start_with(binary: &Path) -> Env {
         let dir = tempfile::Builder::new()
             .prefix("pw")
             .tempdir_in("/tmp")
             .expect("temp dir");
-        let containerd = Containerd::start(&dir.path().join("c")).expect("starting containerd");
+        let containerd =
+            Containerd::start_binary(&dir.path().join("c"), binary).expect("starting containerd");
         let registry = Registry::start(&dir.path().join("r")).expect("starting registry");
         Env {
             dir,

@@ -1,0 +1,70 @@
+//! The core checks on the containerd versions fleets run beside Debian
+//! bookworm's 1.6 (which every other test uses): Debian trixie's 1.7 and
+//! sid's 2.x, fetched by `scripts/containerd-versions.sh` (which
+//! `scripts/test.sh` runs first) into a cache outside the repository. A
+//! version that is not there fails its test, naming the suite.
+//!
+//! On each: a pull visible through CRI by tag and by digest, pinned;
+//! `prewarm status`; a re-run that finds everything present; the
+//! in-process unpack against that version's own; and unpinning once the
+//! image leaves the list. Run on 1.6 only, as before: resume after kill -9,
+//! gc, archives, faults, the disk budget, the IO cap, the node handoff.
+
+mod common;
+
+use common::*;
+use testbed::{Compression, Containerd, Format, ImageSpec};
+
+async fn core(suite: &str) {
+    let binary = testbed::containerd_of_suite(suite).unwrap_or_else(|e| panic!("{e:#}"));
+    let env = Env::start_with(&binary);
+    eprintln!("containerd {} (Debian {suite})", env.containerd.version);
+    let image = ImageSpec::linux(
+        "amd64",
+        layers(40, &[Compression::Gzip, Compression::Zstd], 256 << 10),
+    );
+    let pushed = push(
+        &env.registry.host(),
+        "versions/app:1",
+        &[image],
+        Format::Oci,
+        &env.path("images"),
+    );
+    let config = env.config(&[(pushed.reference.as_str(), true)], "");
+    let out = env.prewarm(&["pull", "--config", config.to_str().unwrap()]);
+    assert_eq!(exit_code(&out), 0, "{suite}");
+    env.assert_visible(&pushed, 0).await;
+    // 1.7 and later report the pin label to kubelet; 1.6 does not.
+    let cri = prewarm::cri::Cri::new(env.client().await.channel());
+    let seen = cri.image_status(&pushed.reference).await.unwrap().unwrap();
+    assert!(seen.pinned, "{suite}: CRI reports the image pinned");
+
+    let out = env.prewarm(&["status", "--config", config.to_str().unwrap()]);
+    assert_eq!(exit_code(&out), 0, "{suite}");
+    let out = env.prewarm(&["pull", "--config", config.to_str().unwrap()]);
+    assert_eq!(exit_code(&out), 0, "{suite}");
+    assert_eq!(
+        env.report().summary.present,
+        1,
+        "{suite}: nothing to do the second time"
+    );
+
+    // The fidelity pull lists another image only: this one is de-listed
+    // and unpinned on the way. containerd 1.7 crashed on that update
+    // while prewarm sent it without the record's target.
+    let other = Containerd::start_binary(&env.path("c2"), &binary).unwrap();
+    common::fidelity::containerd_and_prewarm_agree(&env, &other).await;
+    let cri = prewarm::cri::Cri::new(env.client().await.channel());
+    let seen = cri.image_status(&pushed.reference).await.unwrap().unwrap();
+    assert!(!seen.pinned, "{suite}: de-listed, so unpinned");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn core_checks_on_containerd_1_7() {
+    core("trixie").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn core_checks_on_containerd_2() {
+    core("sid").await;
+}
