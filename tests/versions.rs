@@ -6,9 +6,10 @@
 //!
 //! On each: a pull visible through CRI by tag and by digest, pinned;
 //! `prewarm status`; a re-run that finds everything present; the
-//! in-process unpack against that version's own; and unpinning once the
-//! image leaves the list. Run on 1.6 only, as before: resume after kill -9,
-//! gc, archives, faults, the disk budget, the IO cap, the node handoff.
+//! in-process unpack against that version's own; unpinning once the image
+//! leaves the list, and gc removing it. Run on 1.6 only, as before: resume
+//! after kill -9, archives, faults, the disk budget, the IO cap, the node
+//! handoff.
 
 mod common;
 
@@ -57,6 +58,23 @@ async fn core(suite: &str) {
     let cri = prewarm::cri::Cri::new(env.client().await.channel());
     let seen = cri.image_status(&pushed.reference).await.unwrap().unwrap();
     assert!(!seen.pinned, "{suite}: de-listed, so unpinned");
+
+    // gc removes it, and only it: the listed image stays visible.
+    let listed = env.path("prewarm.toml");
+    let out = env.prewarm(&["gc", "--apply", "--config", listed.to_str().unwrap()]);
+    assert_eq!(exit_code(&out), 0, "{suite}");
+    let client = env.client().await;
+    for name in [
+        pushed.reference.clone(),
+        pushed.manifests[0].config_digest.clone(),
+    ] {
+        assert!(
+            client.image_get(&name).await.unwrap().is_none(),
+            "{suite}: {name} removed"
+        );
+    }
+    let images = env.containerd.ctr(&["images", "ls", "-q"]).unwrap();
+    assert!(images.contains("fidelity/app:1"), "{suite}: {images}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
