@@ -1,0 +1,116 @@
+//! The commands: one file each, on the library below them. `run` reads
+//! the configuration and dispatches; what several commands share is here.
+
+mod boot;
+mod gc;
+mod plan;
+pub mod pull;
+mod register;
+mod status;
+mod untaint;
+
+use crate::cli::{Cli, Command};
+use crate::config::Settings;
+use crate::load_settings;
+use crate::Exit;
+use crate::{node, sources, taint};
+use anyhow::Context;
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<Exit> {
+    let settings = load_settings(&cli)?;
+    // register and untaint need no images; the others do.
+    if !matches!(cli.command, Command::Register | Command::Untaint) {
+        settings.require_images()?;
+    }
+    match cli.command {
+        Command::Register => register::run(settings).await,
+        Command::Boot => boot::run(settings).await,
+        Command::Untaint => untaint::run(settings).await,
+        Command::CheckConfig => {
+            let listed = sources::check_local(&settings)?;
+            println!(
+                "configuration ok: {} images from {} fragment(s)",
+                settings.images.len() + listed,
+                settings.sources.len()
+            );
+            for p in &settings.sources {
+                println!("  {}", p.display());
+            }
+            Ok(Exit::Ok)
+        }
+        Command::Plan => plan::run(settings).await,
+        Command::Pull => pull::run(settings).await,
+        Command::Status => status::run(settings).await,
+        Command::Gc { apply } => gc::run(settings, apply).await,
+    }
+}
+
+/// Reads the `[[sources]]` lists into `settings.images` and connects the
+/// engine, with the archives found.
+async fn connect_with_lists(
+    mut settings: Settings,
+) -> anyhow::Result<(crate::pull::Engine, sources::Loaded)> {
+    let mut lists = sources::load(&settings).await;
+    settings.images = std::mem::take(&mut lists.images);
+    let mut engine = crate::pull::Engine::connect(settings).await?;
+    engine.archives = std::mem::take(&mut lists.archives);
+    Ok((engine, lists))
+}
+
+/// Exit 6 when a required list source failed, else `otherwise`.
+fn list_exit(lists: &sources::Loaded, otherwise: Exit) -> Exit {
+    let failed = lists.failed_required();
+    if failed.is_empty() {
+        return otherwise;
+    }
+    for f in failed {
+        tracing::error!(source = %f.name, "required image list unavailable: {}", f.note.as_deref().unwrap_or(""));
+    }
+    Exit::ListUnavailable
+}
+
+/// The node name from `[handoff] node-name`, else the hostname as kubelet
+/// derives it.
+fn node_name(settings: &Settings) -> anyhow::Result<String> {
+    match &settings.handoff.node_name {
+        Some(n) => Ok(n.clone()),
+        None => {
+            let n = node::default_node_name().context("reading the hostname for the node name")?;
+            taint::validate_node_name(&n).map_err(|m| {
+                anyhow::anyhow!(
+                    "the hostname is not a usable node name: {m}; set [handoff] node-name"
+                )
+            })
+        }
+    }
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+/// Resolves with a reason when SIGTERM or SIGINT arrives.
+///
+/// The handlers are installed when this is called, not when the future is
+/// first polled: a signal that arrives in between is kept, not fatal.
+fn stop_signal() -> impl std::future::Future<Output = String> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let handlers = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    );
+    async move {
+        match handlers {
+            (Ok(mut term), Ok(mut int)) => tokio::select! {
+                _ = term.recv() => "stopped by SIGTERM".to_string(),
+                _ = int.recv() => "stopped by SIGINT".to_string(),
+            },
+            _ => std::future::pending().await,
+        }
+    }
+}

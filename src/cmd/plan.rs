@@ -1,0 +1,70 @@
+//! `prewarm plan`: what a pull would do, written as a table. Writes nothing.
+
+use super::{connect_with_lists, list_exit};
+use crate::config::Settings;
+use crate::plan;
+use crate::Exit;
+
+pub(super) async fn run(settings: Settings) -> anyhow::Result<Exit> {
+    let (engine, lists) = connect_with_lists(settings).await?;
+    for s in &lists.reports {
+        println!(
+            "list {} ({}): {:?}, {} entries{}",
+            s.name,
+            s.kind,
+            s.status,
+            s.images,
+            s.note
+                .as_deref()
+                .map(|n| format!(" ({n})"))
+                .unwrap_or_default()
+        );
+    }
+    let budget = engine.budget()?;
+    let items = engine.plan().await?;
+    println!(
+        "disk {}: {} of {} bytes free, may write {} (reserve {}, max {}%)",
+        engine.disk_path,
+        budget.available,
+        budget.total,
+        budget.allowance(),
+        budget.reserve,
+        budget.max_usage_percent
+    );
+    println!(
+        "{:<4} {:<8} {:<9} {:>12}  {:<71}  {:<5}  reference",
+        "#", "action", "required", "bytes", "digest", "moved"
+    );
+    for (n, item) in items.iter().enumerate() {
+        let (action, why) = match &item.decision {
+            Ok(plan::Decision::Pull) => ("pull", String::new()),
+            Ok(plan::Decision::Present) => ("present", String::new()),
+            Ok(plan::Decision::Skip(_)) => ("skip", "  (disk-budget)".to_string()),
+            Err(e) => ("fail", format!("  ({e})")),
+        };
+        let digest = item
+            .resolved
+            .as_ref()
+            .map(|r| r.top().desc.digest.clone())
+            .unwrap_or_default();
+        // Drift: the node holds another digest under this tag.
+        let (moved, held) = match (item.moved_from(), &item.held) {
+            (Some(old), _) => ("yes", format!("  (node holds {old} under this tag)")),
+            (None, Some(_)) => ("no", String::new()),
+            (None, None) => ("-", String::new()),
+        };
+        println!(
+            "{:<4} {:<8} {:<9} {:>12}  {:<71}  {:<5}  {}{}{}",
+            n + 1,
+            action,
+            item.entry.required,
+            item.need,
+            digest,
+            moved,
+            item.entry.reference,
+            held,
+            why
+        );
+    }
+    Ok(list_exit(&lists, Exit::Ok))
+}
