@@ -35,31 +35,11 @@ fn xattr(p: &Path, key: &str) -> Option<Vec<u8>> {
 fn metadata_is_kept_as_containerd_keeps_it() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
-    let long = format!("deep/{}/{}", "d".repeat(120), "f".repeat(140));
-    let tar = Layer::new()
-        .dir("tmp", 0o1777, (0, 0))
-        .dir("srv", 0o2750, (1000, 1001))
-        .file("usr/bin/su", 0o4755, (0, 0), b"setuid")
-        .file("srv/data", 0o640, (1000, 1001), b"owned")
-        .pax(&[
-            ("SCHILY.xattr.user.origin", b"layer-1"),
-            (
-                "SCHILY.xattr.security.capability",
-                &[1, 0, 0, 2, 0, 32, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-            ),
-            ("mtime", b"1700000000.123456789"),
-        ])
-        .file("usr/bin/ping", 0o755, (0, 0), b"caps")
-        .link(tar::EntryType::Symlink, "usr/bin/sh", "dash")
-        .link(tar::EntryType::Link, "usr/bin/su2", "usr/bin/su")
-        .node(tar::EntryType::Char, "dev/null", 0o666, (1, 3))
-        .node(tar::EntryType::Fifo, "run/fifo", 0o600, (0, 0))
-        .file(&long, 0o644, (0, 0), b"long")
-        .file("usr/share/ünïcødé/名前.txt", 0o644, (0, 0), b"names")
-        .bytes();
+    let long = testbed::tarball::long_name();
+    let tar = Layer::new().corners().bytes();
     let applied = apply(&target(&root, &[], Whiteouts::Remove), &tar[..], &|_| {}).unwrap();
     assert_eq!(applied.diff_id, prewarm::digest::sha256(&tar));
-    assert_eq!(applied.entries, 11);
+    assert_eq!(applied.entries, 12);
 
     let m = meta(&root.join("tmp"));
     assert_eq!(m.mode() & 0o7777, 0o1777, "sticky");
@@ -76,6 +56,8 @@ fn metadata_is_kept_as_containerd_keeps_it() {
     );
     let m = meta(&root.join("usr/bin/su"));
     assert_eq!(m.mode() & 0o7777, 0o4755, "setuid after chown");
+    let m = meta(&root.join("usr/bin/wall"));
+    assert_eq!((m.mode() & 0o7777, m.gid()), (0o2755, 5), "setgid, group");
     let m = meta(&root.join("srv/data"));
     assert_eq!((m.uid(), m.gid(), m.mtime()), (1000, 1001, MTIME as i64));
     let ping = root.join("usr/bin/ping");

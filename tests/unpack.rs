@@ -8,7 +8,7 @@ use common::fidelity::{layer_dirs, mount_view, Unmount};
 use common::*;
 use std::path::PathBuf;
 use testbed::tarball::Layer;
-use testbed::{Containerd, Format, ImageSpec, LayerSpec};
+use testbed::{Containerd, LayerSpec};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prewarm_unpacks_what_containerd_unpacks() {
@@ -37,13 +37,7 @@ async fn a_wrong_diff_id_is_never_committed() {
         claimed_diff_id: Some(prewarm::digest::sha256(b"something else")),
         ..Default::default()
     };
-    let pushed = push(
-        &env.registry.host(),
-        "lies/app:1",
-        &[ImageSpec::linux("amd64", vec![lie])],
-        Format::Oci,
-        &env.path("images"),
-    );
+    let pushed = env.push_layers("lies/app:1", vec![lie]);
     let config = prewarm_config(&env, &pushed.reference, "retries = 1", "");
     let out = env.prewarm(&["pull", "--config", config.to_str().unwrap()]);
     assert_eq!(exit_code(&out), 3);
@@ -75,13 +69,7 @@ async fn a_hostile_layer_stays_inside_its_snapshot() {
         tar: Some(tar),
         ..Default::default()
     };
-    let pushed = push(
-        &env.registry.host(),
-        "hostile/app:1",
-        &[ImageSpec::linux("amd64", vec![hostile])],
-        Format::Oci,
-        &env.path("images"),
-    );
+    let pushed = env.push_layers("hostile/app:1", vec![hostile]);
     let config = prewarm_config(
         &env,
         &pushed.reference,
@@ -146,13 +134,7 @@ async fn kill_9_mid_extract_then_a_rerun_is_correct() {
         files: vec![("etc/app.conf".into(), b"conf".to_vec())],
         ..Default::default()
     };
-    let pushed = push(
-        &env.registry.host(),
-        "big/extract:1",
-        &[ImageSpec::linux("amd64", vec![big, small])],
-        Format::Oci,
-        &env.path("images"),
-    );
+    let pushed = env.push_layers("big/extract:1", vec![big, small]);
     // At 4 MiB/s the 24 MiB layer takes about six seconds to write.
     let config = prewarm_config(
         &env,

@@ -14,22 +14,15 @@
 mod common;
 
 use common::*;
-use testbed::{Compression, Containerd, Format, ImageSpec};
+use testbed::{Compression, Containerd};
 
 async fn core(suite: &str) {
     let binary = testbed::containerd_of_suite(suite).unwrap_or_else(|e| panic!("{e:#}"));
     let env = Env::start_with(&binary);
     eprintln!("containerd {} (Debian {suite})", env.containerd.version);
-    let image = ImageSpec::linux(
-        "amd64",
-        layers(40, &[Compression::Gzip, Compression::Zstd], 256 << 10),
-    );
-    let pushed = push(
-        &env.registry.host(),
+    let pushed = env.push_layers(
         "versions/app:1",
-        &[image],
-        Format::Oci,
-        &env.path("images"),
+        layers(40, &[Compression::Gzip, Compression::Zstd], 256 << 10),
     );
     let config = env.config(&[(pushed.reference.as_str(), true)], "");
     let out = env.prewarm(&["pull", "--config", config.to_str().unwrap()]);

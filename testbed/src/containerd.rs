@@ -59,12 +59,11 @@ impl Containerd {
             std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
         }
         let d = dir.display();
-        let config = if version.starts_with("1.") {
-            format!(
-                r#"version = 2
-root = "{d}/root"
+        // What every version reads alike; then the CRI plugin's settings,
+        // which 2.x splits into an image and a runtime plugin.
+        let common = format!(
+            r#"root = "{d}/root"
 state = "{d}/state"
-oom_score = 0
 
 [grpc]
   address = "{d}/c.sock"
@@ -79,13 +78,19 @@ oom_score = 0
 [metrics]
   address = ""
 
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{d}/opt"
-
 [plugins."io.containerd.grpc.v1.cri"]
   disable_tcp_service = true
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
+"#
+        );
+        let config = if version.starts_with("1.") {
+            format!(
+                r#"version = 2
+oom_score = 0
+{common}
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{d}/opt"
 
 [plugins."io.containerd.grpc.v1.cri".containerd]
   snapshotter = "overlayfs"
@@ -99,30 +104,9 @@ oom_score = 0
 "#
             )
         } else {
-            // 2.x: CRI is split into image and runtime plugins.
             format!(
                 r#"version = 3
-root = "{d}/root"
-state = "{d}/state"
-
-[grpc]
-  address = "{d}/c.sock"
-
-[ttrpc]
-  address = "{d}/c.ttrpc.sock"
-
-[debug]
-  address = "{d}/debug.sock"
-  level = "info"
-
-[metrics]
-  address = ""
-
-[plugins."io.containerd.grpc.v1.cri"]
-  disable_tcp_service = true
-  stream_server_address = "127.0.0.1"
-  stream_server_port = "0"
-
+{common}
 [plugins."io.containerd.cri.v1.images"]
   snapshotter = "overlayfs"
 

@@ -122,3 +122,41 @@ impl Layer {
             .raw(tar::EntryType::Regular, "up/escape-rel-link", "", b"x")
     }
 }
+
+/// `security.capability` as setcap writes `cap_net_raw+ep` (v2 format).
+pub const NET_RAW_CAPABILITY: &[u8] =
+    &[1, 0, 0, 2, 0, 32, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+
+impl Layer {
+    /// Entries whose metadata is easy to lose: a sticky `tmp`, a setgid
+    /// `srv` owned 1000:1001 with a file in it, setuid `usr/bin/su` and
+    /// setgid `usr/bin/wall` (0:5), `usr/bin/ping` with a `user.origin`
+    /// xattr, a file capability and a sub-second mtime, a symlink
+    /// `usr/bin/sh`, a hardlink `usr/bin/su2`, `dev/null` (1:3), a fifo
+    /// `run/fifo`, a name of 265 bytes and a non-ASCII one. 12 entries.
+    pub fn corners(self) -> Self {
+        let long = long_name();
+        self.dir("tmp", 0o1777, (0, 0))
+            .dir("srv", 0o2750, (1000, 1001))
+            .file("srv/data", 0o640, (1000, 1001), b"owned")
+            .file("usr/bin/su", 0o4755, (0, 0), b"setuid")
+            .file("usr/bin/wall", 0o2755, (0, 5), b"setgid")
+            .pax(&[
+                ("SCHILY.xattr.user.origin", b"layer-1"),
+                ("SCHILY.xattr.security.capability", NET_RAW_CAPABILITY),
+                ("mtime", b"1700000000.123456789"),
+            ])
+            .file("usr/bin/ping", 0o755, (0, 0), b"caps")
+            .link(tar::EntryType::Symlink, "usr/bin/sh", "dash")
+            .link(tar::EntryType::Link, "usr/bin/su2", "usr/bin/su")
+            .node(tar::EntryType::Char, "dev/null", 0o666, (1, 3))
+            .node(tar::EntryType::Fifo, "run/fifo", 0o600, (0, 0))
+            .file(&long, 0o644, (0, 0), b"long")
+            .file("usr/share/ünïcødé/名前.txt", 0o644, (0, 0), b"names")
+    }
+}
+
+/// The long name [`Layer::corners`] writes.
+pub fn long_name() -> String {
+    format!("deep/{}/{}", "d".repeat(120), "f".repeat(140))
+}

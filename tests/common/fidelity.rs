@@ -10,9 +10,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use testbed::tarball::Layer;
-use testbed::{Compression, Containerd, Format, ImageSpec, LayerSpec};
-
-const SECURITY_CAPABILITY: &[u8] = &[1, 0, 0, 2, 0, 32, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+use testbed::{Compression, Containerd, LayerSpec};
 
 /// Four layers (gzip, zstd, none, gzip) with what images carry and the corners
 /// of the layer format: special modes and owners, xattrs, links, devices,
@@ -20,25 +18,8 @@ const SECURITY_CAPABILITY: &[u8] = &[1, 0, 0, 2, 0, 32, 0, 0, 0, 0, 0, 0, 0, 0, 
 /// directories, opaque directories, replacements, and implicit parents
 /// that exist in a lower layer.
 fn fidelity_layers() -> Vec<LayerSpec> {
-    let long = format!("deep/{}/{}", "d".repeat(120), "f".repeat(140));
     let first = Layer::new()
-        .dir("tmp", 0o1777, (0, 0))
-        .dir("srv", 0o2750, (1000, 1001))
-        .file("srv/data", 0o640, (1000, 1001), b"owned")
-        .file("usr/bin/su", 0o4755, (0, 0), b"setuid")
-        .file("usr/bin/wall", 0o2755, (0, 5), b"setgid")
-        .pax(&[
-            ("SCHILY.xattr.user.origin", b"layer-1"),
-            ("SCHILY.xattr.security.capability", SECURITY_CAPABILITY),
-            ("mtime", b"1700000000.123456789"),
-        ])
-        .file("usr/bin/ping", 0o755, (0, 0), b"caps")
-        .link(tar::EntryType::Symlink, "usr/bin/sh", "dash")
-        .link(tar::EntryType::Link, "usr/bin/su2", "usr/bin/su")
-        .node(tar::EntryType::Char, "dev/null", 0o666, (1, 3))
-        .node(tar::EntryType::Fifo, "run/fifo", 0o600, (0, 0))
-        .file(&long, 0o644, (0, 0), b"long")
-        .file("usr/share/ünïcødé/名前.txt", 0o644, (0, 0), b"names")
+        .corners()
         .file("etc/gone", 0o644, (0, 0), b"x")
         .file("etc/kept", 0o644, (0, 0), b"x")
         .dir("opt", 0o750, (7, 8))
@@ -239,14 +220,7 @@ pub async fn containerd_and_prewarm_agree(env: &Env, other: &Containerd) {
         .unwrap()
         .as_secs() as i64
         - 1;
-    let image = ImageSpec::linux("amd64", fidelity_layers());
-    let pushed = push(
-        &env.registry.host(),
-        "fidelity/app:1",
-        &[image],
-        Format::Oci,
-        &env.path("images"),
-    );
+    let pushed = env.push_layers("fidelity/app:1", fidelity_layers());
     let refs = [(pushed.reference.as_str(), true)];
 
     // containerd's unpack, into the env's containerd.

@@ -96,6 +96,18 @@ impl Env {
             .expect("starting prewarm")
     }
 
+    /// Pushes a linux/amd64 OCI image of `layers` to this env's registry
+    /// as `repo_tag`.
+    pub fn push_layers(&self, repo_tag: &str, layers: Vec<LayerSpec>) -> PushedImage {
+        push(
+            &self.registry.host(),
+            repo_tag,
+            &[ImageSpec::linux("amd64", layers)],
+            Format::Oci,
+            &self.path("images"),
+        )
+    }
+
     pub fn report(&self) -> prewarm::report::Report {
         prewarm::report::Report::read(&self.path("report.json")).expect("reading report")
     }
