@@ -2,6 +2,7 @@
 //! outcome to a documented exit code (see the crate docs).
 
 use clap::Parser;
+use std::io::Write as _;
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -21,14 +22,22 @@ fn main() {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("prewarm: starting the async runtime: {e}");
+            // A closed stderr is no reason to panic: the exit code still says it.
+            let _ = writeln!(
+                std::io::stderr(),
+                "prewarm: starting the async runtime: {e}"
+            );
             std::process::exit(prewarm::Exit::Failure as i32);
         }
     };
     let code = match runtime.block_on(prewarm::run(cli)) {
         Ok(exit) => exit,
         Err(e) => {
-            eprintln!("prewarm: {}", prewarm::error_chain(e.as_ref()));
+            let _ = writeln!(
+                std::io::stderr(),
+                "prewarm: {}",
+                prewarm::error_chain(e.as_ref())
+            );
             prewarm::exit_for(&e)
         }
     };

@@ -188,3 +188,39 @@ fn broken_registry_files_exit_2_before_containerd_is_contacted() {
         assert!(!stderr.contains("no-containerd.sock"), "{name}: {stderr}");
     }
 }
+
+/// A reader who went away is no crash: `check-config | head -c 0` with
+/// stdout closed exits 0, and a refused configuration with stderr closed
+/// still exits 2 (both were a panic, exit 101).
+#[test]
+fn closed_pipes_do_not_panic() {
+    let empty = tempfile::tempdir().unwrap();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/config");
+    let run = |config: &Path, close_stdout: bool| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_prewarm"))
+            .arg("--config-root")
+            .arg(empty.path())
+            .arg("--config")
+            .arg(config)
+            .arg("check-config")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("running prewarm");
+        // Close one end before prewarm writes to it.
+        if close_stdout {
+            drop(child.stdout.take());
+        } else {
+            drop(child.stderr.take());
+        }
+        child.wait().expect("waiting for prewarm").code()
+    };
+    let valid = empty.path().join("valid.toml");
+    std::fs::write(
+        &valid,
+        "version = 1\n[[images]]\nref = \"registry.example/app:1\"\n",
+    )
+    .unwrap();
+    assert_eq!(run(&valid, true), Some(0));
+    assert_eq!(run(&dir.join("bad-version.toml"), false), Some(2));
+}

@@ -27,7 +27,7 @@ pub(super) async fn run(settings: Settings, apply: bool) -> anyhow::Result<Exit>
         let why = match &g.kept {
             None => {
                 for name in &g.delisted {
-                    println!("{verb}remove {name}  ({})", g.target);
+                    out!("{verb}remove {name}  ({})", g.target);
                 }
                 continue;
             }
@@ -35,13 +35,13 @@ pub(super) async fn run(settings: Settings, apply: bool) -> anyhow::Result<Exit>
             Some(report::Kept::PinnedByOther(n)) => format!("{n} is pinned, not by prewarm"),
         };
         for name in &g.delisted {
-            println!("keep {name}  ({}): {why}", g.target);
+            out!("keep {name}  ({}): {why}", g.target);
         }
         for name in g.unpin() {
-            println!("{verb}unpin {name}");
+            out!("{verb}unpin {name}");
         }
     }
-    println!(
+    out!(
         "{}: {} image records removed, {} unpinned, {} bytes of content and {} bytes of unpacked layers freed",
         if apply {
             "gc applied"

@@ -1,6 +1,20 @@
 //! The commands: one file each, on the library below them. `run` reads
 //! the configuration and dispatches; what several commands share is here.
 
+/// `println!`, except that a reader who went away (a closed pipe, as in
+/// `prewarm plan | head`) ends the command quietly with exit 0, as
+/// ripgrep does, instead of a panic and exit 101.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+        }
+    }};
+}
+
 mod boot;
 mod gc;
 mod plan;
@@ -29,13 +43,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Untaint => untaint::run(settings).await,
         Command::CheckConfig => {
             let listed = sources::check_local(&settings)?;
-            println!(
+            out!(
                 "configuration ok: {} images from {} fragment(s)",
                 settings.images.len() + listed,
                 settings.sources.len()
             );
             for p in &settings.sources {
-                println!("  {}", p.display());
+                out!("  {}", p.display());
             }
             Ok(Exit::Ok)
         }

@@ -8,7 +8,7 @@ use crate::Exit;
 pub(super) async fn run(settings: Settings) -> anyhow::Result<Exit> {
     let (engine, lists) = connect_with_lists(settings).await?;
     for s in &lists.reports {
-        println!(
+        out!(
             "list {} ({}): {:?}, {} entries{}",
             s.name,
             s.kind,
@@ -22,7 +22,7 @@ pub(super) async fn run(settings: Settings) -> anyhow::Result<Exit> {
     }
     let budget = engine.budget()?;
     let items = engine.plan().await?;
-    println!(
+    out!(
         "disk {}: {} of {} bytes free, may write {} (reserve {}, max {}%)",
         engine.disk_path,
         budget.available,
@@ -31,9 +31,14 @@ pub(super) async fn run(settings: Settings) -> anyhow::Result<Exit> {
         budget.reserve,
         budget.max_usage_percent
     );
-    println!(
+    out!(
         "{:<4} {:<8} {:<9} {:>12}  {:<71}  {:<5}  reference",
-        "#", "action", "required", "bytes", "digest", "moved"
+        "#",
+        "action",
+        "required",
+        "bytes",
+        "digest",
+        "moved"
     );
     for (n, item) in items.iter().enumerate() {
         let (action, why) = match &item.decision {
@@ -53,7 +58,7 @@ pub(super) async fn run(settings: Settings) -> anyhow::Result<Exit> {
             (None, Some(_)) => ("no", String::new()),
             (None, None) => ("-", String::new()),
         };
-        println!(
+        out!(
             "{:<4} {:<8} {:<9} {:>12}  {:<71}  {:<5}  {}{}{}",
             n + 1,
             action,

@@ -19,9 +19,13 @@ pub(super) async fn run(settings: Settings) -> anyhow::Result<Exit> {
     .await?;
     let cri = cri::Cri::new(c.channel());
     let mut missing = 0;
-    println!(
+    out!(
         "{:<8} {:<9} {:<6} {:<9} {:<71}  reference",
-        "tag", "digest", "pinned", "required", "image id"
+        "tag",
+        "digest",
+        "pinned",
+        "required",
+        "image id"
     );
     for (entry, required) in images.iter().zip(required) {
         let by_tag = match entry.reference.tag_name() {
@@ -49,7 +53,7 @@ pub(super) async fn run(settings: Settings) -> anyhow::Result<Exit> {
             missing += 1;
         }
         let shown = by_digest.as_ref().or(by_tag.as_ref());
-        println!(
+        out!(
             "{:<8} {:<9} {:<6} {:<9} {:<71}  {}",
             yes_no(by_tag.is_some() || entry.reference.tag.is_none()),
             yes_no(by_digest.is_some()),
