@@ -428,10 +428,19 @@ fn run_prewarm(
             containerd,
             refs,
             &report,
-            &match CONCURRENCY.load(std::sync::atomic::Ordering::Relaxed) {
-                0 => format!("unpack = {unpack:?}"),
-                n => format!("unpack = {unpack:?}\nconcurrency = {n}"),
-            },
+            &[
+                // The default is left unwritten, so that older binaries,
+                // which refuse the key, can be measured for comparison.
+                (unpack != "containerd").then(|| format!("unpack = {unpack:?}")),
+                match CONCURRENCY.load(std::sync::atomic::Ordering::Relaxed) {
+                    0 => None,
+                    n => Some(format!("concurrency = {n}")),
+                },
+            ]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join("\n"),
             &format!("[disk]\nreserve = \"1GiB\"\nmax-usage-percent = 100\n{throttle}"),
         ),
     )?;
