@@ -950,28 +950,34 @@ impl Engine {
                     self.unpack_pace.take(0).await;
                     self.check_reserve(estimate)?;
                 }
-                let unpack = self.containerd.unpack_layer(
-                    &self.snapshotter,
-                    layer,
-                    &r.diff_ids[i],
-                    chain,
-                    &parent,
-                    &lease,
-                    |mounts| {
-                        crate::unpack::apply(
-                            &self.containerd,
-                            self.settings.unpack,
-                            layer,
-                            mounts,
-                            &lease,
-                            &self.write_pace,
-                        )
-                    },
-                );
                 let t0 = Instant::now();
-                let by = tokio::select! {
-                    unpacked = unpack => unpacked?,
-                    full = self.watch_reserve() => return Err(full),
+                // Already unpacked (checked above, under the lock): nothing
+                // to write.
+                let by = if done {
+                    None
+                } else {
+                    let unpack = self.containerd.unpack_layer(
+                        &self.snapshotter,
+                        layer,
+                        &r.diff_ids[i],
+                        chain,
+                        &parent,
+                        &lease,
+                        |mounts| {
+                            crate::unpack::apply(
+                                &self.containerd,
+                                self.settings.unpack,
+                                layer,
+                                mounts,
+                                &lease,
+                                &self.write_pace,
+                            )
+                        },
+                    );
+                    tokio::select! {
+                        unpacked = unpack => unpacked?,
+                        full = self.watch_reserve() => return Err(full),
+                    }
                 };
                 if let Some(by) = by {
                     unpacked_by
