@@ -141,12 +141,10 @@ async fn in_process(
     let digest = layer.digest.clone();
     // Two threads: one decompresses, the other hashes and writes files, so
     // that both cores work on a layer.
-    let (plain_tx, plain_rx) = std::sync::mpsc::sync_channel::<std::io::Result<Vec<u8>>>(4);
+    let (plain_tx, plain_rx) = std::sync::mpsc::sync_channel::<std::io::Result<Bytes>>(4);
     let decompress = tokio::task::spawn_blocking(move || {
-        let blob = ChannelReader {
-            rx,
-            chunk: Bytes::new(),
-        };
+        let mut rx = rx;
+        let blob = ChunkReader::new(move || rx.blocking_recv());
         let decoder: std::io::Result<Box<dyn Read>> = match compression {
             Compression::None => Ok(Box::new(blob)),
             Compression::Gzip => Ok(Box::new(flate2::read::MultiGzDecoder::new(blob))),
@@ -167,7 +165,7 @@ async fn in_process(
                 Ok(0) => return,
                 Ok(n) => {
                     buf.truncate(n);
-                    if plain_tx.send(Ok(buf)).is_err() {
+                    if plain_tx.send(Ok(Bytes::from(buf))).is_err() {
                         return;
                     }
                 }
@@ -179,11 +177,7 @@ async fn in_process(
         }
     });
     let extract = tokio::task::spawn_blocking(move || {
-        let tar = PlainReader {
-            rx: plain_rx,
-            chunk: Vec::new(),
-            at: 0,
-        };
+        let tar = ChunkReader::new(move || plain_rx.recv().ok());
         let hold = |bytes: u64| {
             let wait = pace.reserve(bytes, std::time::Instant::now());
             if !wait.is_zero() {
@@ -226,41 +220,26 @@ fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(n)
 }
 
-/// A blocking reader over the decompressed chunks of the other thread.
-struct PlainReader {
-    rx: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
-    chunk: Vec<u8>,
-    at: usize,
-}
-
-impl Read for PlainReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.at == self.chunk.len() {
-            match self.rx.recv() {
-                Ok(chunk) => {
-                    self.chunk = chunk?;
-                    self.at = 0;
-                }
-                Err(_) => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.chunk.len() - self.at);
-        buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
-        self.at += n;
-        Ok(n)
-    }
-}
-
-/// A blocking reader over chunks sent from the async side.
-struct ChannelReader {
-    rx: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>,
+/// A blocking reader over chunks that `next` hands over (from the async
+/// side, or from the decompressing thread); `None` is the end.
+struct ChunkReader<F> {
+    next: F,
     chunk: Bytes,
 }
 
-impl Read for ChannelReader {
+impl<F: FnMut() -> Option<std::io::Result<Bytes>>> ChunkReader<F> {
+    fn new(next: F) -> Self {
+        ChunkReader {
+            next,
+            chunk: Bytes::new(),
+        }
+    }
+}
+
+impl<F: FnMut() -> Option<std::io::Result<Bytes>>> Read for ChunkReader<F> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         while self.chunk.is_empty() {
-            match self.rx.blocking_recv() {
+            match (self.next)() {
                 Some(chunk) => self.chunk = chunk?,
                 None => return Ok(0),
             }
