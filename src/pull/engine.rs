@@ -1,6 +1,8 @@
-//! The preload engine: resolve → inventory → plan → fetch, store, unpack →
-//! image records → report.
+//! The run: resolve and take stock of every image, plan, then pull each
+//! planned image under its lease and write its records.
 
+use super::blobs::{ArchiveSource, BlobSource, Opened, RegistrySource};
+use super::PullError;
 use crate::config::Unpack;
 use crate::config::{ImageEntry, Settings};
 use crate::containerd::{Containerd, ContainerdError, Desc, WriteStart};
@@ -10,7 +12,7 @@ use crate::labels::{self, MANAGED_LABEL, PINNED_LABEL, PREWARM_LABEL, PREWARM_PI
 use crate::manifest;
 use crate::plan::{self, Budget, Candidate, Decision};
 use crate::reference::Reference;
-use crate::registry::{Registries, RegistryError};
+use crate::registry::Registries;
 use crate::report::{ImageReport, ImageStatus, Report, Summary};
 use crate::retry::Retry;
 use crate::throttle::Bandwidth;
@@ -31,84 +33,11 @@ const DISK_WATCH_INTERVAL: Duration = Duration::from_millis(200);
 /// How long CRI may take to notice new image records.
 const CRI_VISIBLE_WITHIN: Duration = Duration::from_secs(10);
 
-/// Why one image could not be pulled.
-#[derive(Debug, thiserror::Error)]
-pub enum PullError {
-    #[error(transparent)]
-    Registry(#[from] RegistryError),
-    #[error(transparent)]
-    Containerd(#[from] ContainerdError),
-    #[error(transparent)]
-    Manifest(#[from] manifest::ManifestError),
-    #[error("{reference}: blob {digest}: {message}")]
-    Blob {
-        reference: String,
-        digest: String,
-        message: String,
-    },
-    #[error("disk-full: {available} bytes free on {path}; writing {more} more would go below the reserve of {reserve} bytes")]
-    DiskFull {
-        path: String,
-        available: u64,
-        more: u64,
-        reserve: u64,
-    },
-    #[error(transparent)]
-    Disk(#[from] crate::disk::DiskError),
-    #[error("{name} is not visible through CRI ImageStatus within {within:?}")]
-    NotVisible { name: String, within: Duration },
-    #[error(transparent)]
-    Archive(#[from] crate::archive::ArchiveError),
-    #[error(transparent)]
-    Unpack(#[from] crate::unpack::UnpackError),
-}
-
-impl PullError {
-    fn is_retryable(&self) -> bool {
-        match self {
-            PullError::Registry(e) => e.is_retryable(),
-            PullError::Containerd(e) => e.is_retryable(),
-            PullError::Blob { .. } => true,
-            PullError::Unpack(e) => e.is_retryable(),
-            _ => false,
-        }
-    }
-}
-
 /// A blob held in memory (manifests, indexes, configs).
 #[derive(Debug, Clone)]
 pub struct SmallBlob {
     pub desc: Desc,
     pub bytes: Bytes,
-}
-
-/// Where an image's blobs come from. Both go through the same content
-/// write, unpack and record steps.
-#[derive(Debug, Clone, Default)]
-pub enum Origin {
-    /// The registry (hosts.toml mirrors, then the server).
-    #[default]
-    Registry,
-    /// An archive on disk; a blob it lacks comes from the registry.
-    Archive(Arc<crate::archive::Archive>),
-}
-
-impl Origin {
-    /// The archive holding `digest`, if the blob comes from one.
-    fn archive_with(&self, digest: &str) -> Option<&crate::archive::Archive> {
-        match self {
-            Origin::Archive(a) if a.has(digest) => Some(a),
-            _ => None,
-        }
-    }
-
-    /// For the report: `registry`, or `archive:<path>`.
-    pub fn describe(&self) -> String {
-        match self {
-            Origin::Registry => "registry".into(),
-            Origin::Archive(a) => format!("archive:{}", a.path().display()),
-        }
-    }
 }
 
 /// An image resolved against its registry or archive: raw bytes of
@@ -127,7 +56,7 @@ pub struct Resolved {
     /// (gzip ISIZE, zstd frame content size, or an uncompressed layer).
     pub unpacked_sizes: Vec<Option<u64>>,
     /// Where the blobs come from.
-    pub origin: Origin,
+    pub source: Arc<dyn BlobSource>,
     /// What the store already holds of each layer; empty until taken
     /// stock of (then nothing counts as held).
     pub stored: Vec<Stored>,
@@ -230,7 +159,7 @@ pub struct Engine {
     pub settings: Settings,
     pub containerd: Containerd,
     pub cri: Cri,
-    pub registries: Registries,
+    pub registry: RegistrySource,
     pub snapshotter: String,
     pub disk: Arc<dyn DiskProbe>,
     /// Where the disk probe looks, for messages.
@@ -313,7 +242,7 @@ impl Engine {
             settings,
             containerd,
             cri,
-            registries,
+            registry: RegistrySource(Arc::new(registries)),
             snapshotter,
             archives: Vec::new(),
         })
@@ -323,29 +252,17 @@ impl Engine {
     /// the config, all as raw bytes.
     pub async fn resolve(&self, entry: &ImageEntry) -> Result<Resolved, PullError> {
         let reference = &entry.reference;
-        let origin = self
-            .archives
-            .iter()
-            .find(|a| a.find(reference).is_some())
-            .map_or(Origin::Registry, |a| Origin::Archive(a.clone()));
+        let source = self.source_for(reference);
         let fetch = |what: String| {
-            let origin = origin.clone();
+            let source = &source;
             async move {
-                // From the archive, unless it lacks this (platform) manifest.
-                if let Origin::Archive(a) = &origin {
-                    if !what.starts_with("sha256:") || a.has(&what) {
-                        return archive_manifest(a, reference, &what);
-                    }
-                }
-                Ok::<_, PullError>(
-                    self.retry
-                        .run(
-                            &format!("fetching manifest {what} of {reference}"),
-                            RegistryError::is_retryable,
-                            |_| self.registries.fetch_manifest(reference, &what),
-                        )
-                        .await?,
-                )
+                self.retry
+                    .run(
+                        &format!("fetching manifest {what} of {reference}"),
+                        PullError::is_retryable,
+                        |_| source.manifest(reference, &what),
+                    )
+                    .await
             }
         };
         let top = fetch(reference.manifest_reference().to_string()).await?;
@@ -376,7 +293,9 @@ impl Engine {
             .into());
         };
         let parsed = manifest::Manifest::parse(&manifest.desc.digest, &manifest.bytes)?;
-        let config_bytes = self.fetch_small(&origin, reference, &parsed.config).await?;
+        let config_bytes = self
+            .fetch_small(source.as_ref(), reference, &parsed.config)
+            .await?;
         let config = manifest::ImageConfig::parse(&parsed.config.digest, &config_bytes)?;
         if config.rootfs.diff_ids.len() != parsed.layers.len() {
             return Err(manifest::ManifestError::Invalid {
@@ -413,7 +332,7 @@ impl Engine {
             chain_ids,
             unpacked_sizes: Vec::new(),
             stored: Vec::new(),
-            origin,
+            source,
         })
     }
 
@@ -422,21 +341,11 @@ impl Engine {
     /// mean falling back to the configured ratio.
     pub async fn read_unpacked_sizes(&self, r: &mut Resolved) {
         let image = &r.entry.reference;
-        let origin = &r.origin;
+        let source = r.source.as_ref();
         let ratio = self.settings.unpack_ratio;
         let sizes = futures_util::future::join_all(r.layers.iter().map(|l| async move {
             let size = l.size.max(0) as u64;
-            let fetch = |start: u64, len: u64| async move {
-                if let Some(a) = origin.archive_with(&l.digest) {
-                    return a.read_range(&l.digest, start, len);
-                }
-                self.registries
-                    .fetch_range(image, &l.digest, start, len)
-                    .await
-                    .map_err(|e| tracing::debug!(error = %e, digest = %l.digest, "size probe"))
-                    .ok()
-                    .flatten()
-            };
+            let fetch = |start: u64, len: u64| source.range(image, &l.digest, start, len);
             match manifest::layer_compression(&l.media_type)? {
                 manifest::Compression::None => Some(size),
                 manifest::Compression::Gzip if size >= 4 => {
@@ -454,10 +363,10 @@ impl Engine {
         r.unpacked_sizes = sizes;
     }
 
-    /// Downloads a small blob into memory and checks its digest.
+    /// Reads a small blob into memory and checks its size and digest.
     async fn fetch_small(
         &self,
-        origin: &Origin,
+        source: &dyn BlobSource,
         reference: &Reference,
         d: &manifest::Descriptor,
     ) -> Result<Bytes, PullError> {
@@ -474,32 +383,15 @@ impl Engine {
                 ),
             });
         }
-        if let Some(a) = origin.archive_with(&d.digest) {
-            // Read whole and checked against its digest.
-            let bytes = a.read(&d.digest)?;
-            if bytes.len() as i64 != d.size {
-                return Err(PullError::Blob {
-                    reference: reference.to_string(),
-                    digest: d.digest.clone(),
-                    message: format!(
-                        "{} bytes in the archive, {} in the manifest",
-                        bytes.len(),
-                        d.size
-                    ),
-                });
-            }
-            return Ok(bytes);
-        }
         self.retry
             .run(
                 &format!("fetching {} of {reference}", d.digest),
                 PullError::is_retryable,
                 |_| async {
-                    let mut blob = self.registries.open_blob(reference, &d.digest, 0).await?;
+                    let mut blob = source.open(reference, &d.digest, 0).await?;
                     let mut buf = Vec::with_capacity(d.size as usize);
                     while let Some(chunk) = blob.stream.next().await {
-                        let chunk: Bytes = chunk?;
-                        buf.extend_from_slice(&chunk);
+                        buf.extend_from_slice(&chunk?);
                         if buf.len() as i64 > d.size {
                             break;
                         }
@@ -516,6 +408,18 @@ impl Engine {
                 },
             )
             .await
+    }
+
+    /// Where `reference`'s blobs come from: the first archive that holds
+    /// the image, else the registry.
+    pub fn source_for(&self, reference: &Reference) -> Arc<dyn BlobSource> {
+        match self.archives.iter().find(|a| a.find(reference).is_some()) {
+            Some(a) => Arc::new(ArchiveSource {
+                archive: a.clone(),
+                registry: self.registry.clone(),
+            }),
+            None => Arc::new(self.registry.clone()),
+        }
     }
 
     /// Is the image complete in containerd and recorded under every name?
@@ -772,7 +676,7 @@ impl Engine {
             report.digest = Some(r.top().desc.digest.clone());
             report.image_id = Some(r.image_id().to_string());
             report.size = r.compressed_size();
-            report.origin = Some(r.origin.describe());
+            report.origin = Some(r.source.describe());
             report.previous_digest = p.moved_from().map(str::to_string);
         }
         match (&p.decision, &p.resolved) {
@@ -906,7 +810,7 @@ impl Engine {
             let mut fetched = futures_util::stream::iter(r.layers.iter())
                 .map(|layer| {
                     self.fetch_layer(
-                        &r.origin,
+                        r.source.as_ref(),
                         &r.entry.reference,
                         layer,
                         &lease,
@@ -1131,7 +1035,7 @@ impl Engine {
     /// with a Range request. Bytes received are added to `received`.
     async fn fetch_layer(
         &self,
-        origin: &Origin,
+        source: &dyn BlobSource,
         image: &Reference,
         layer: &Desc,
         lease: &str,
@@ -1160,8 +1064,11 @@ impl Engine {
                         };
                         let offset = w.offset();
                         if offset < layer.size.max(0) as u64 {
-                            let (start, mut stream, local) =
-                                self.open_blob(origin, image, &layer.digest, offset).await?;
+                            let Opened {
+                                start,
+                                mut stream,
+                                local,
+                            } = source.open(image, &layer.digest, offset).await?;
                             if offset > 0 {
                                 tracing::info!(%reference, offset, start, "resuming layer");
                             }
@@ -1215,29 +1122,6 @@ impl Engine {
             .await
     }
 
-    /// Opens a blob at `offset`: from the archive when it holds it, else
-    /// from the registry. Returns where the stream starts (0 when the
-    /// registry ignored the range), the stream, and whether it is local
-    /// (not downloaded, not throttled).
-    async fn open_blob(
-        &self,
-        origin: &Origin,
-        image: &Reference,
-        digest: &str,
-        offset: u64,
-    ) -> Result<(u64, BlobStream, bool), PullError> {
-        if let Some(a) = origin.archive_with(digest) {
-            let stream = a
-                .open(digest, offset)
-                .await?
-                .map(|c| c.map_err(PullError::from));
-            return Ok((offset, stream.boxed(), true));
-        }
-        let blob = self.registries.open_blob(image, digest, offset).await?;
-        let stream = blob.stream.map(|c| c.map_err(PullError::from));
-        Ok((blob.start, stream.boxed(), false))
-    }
-
     /// Fails when writing `more` bytes would leave less free space than
     /// the reserve.
     fn check_reserve(&self, more: u64) -> Result<(), PullError> {
@@ -1262,39 +1146,6 @@ impl Engine {
             }
         }
     }
-}
-
-/// A blob body from a registry or an archive.
-type BlobStream = futures_util::stream::BoxStream<'static, Result<Bytes, PullError>>;
-
-/// A manifest or index from an archive, named by digest (or, for a tag,
-/// by the archive's name for it).
-fn archive_manifest(
-    a: &crate::archive::Archive,
-    reference: &Reference,
-    what: &str,
-) -> Result<crate::registry::Manifest, PullError> {
-    let digest = if what.starts_with("sha256:") {
-        what.to_string()
-    } else {
-        match a.find(reference) {
-            Some(img) => img.top.digest.clone(),
-            None => {
-                return Err(crate::archive::ArchiveError::Invalid {
-                    path: a.path().to_path_buf(),
-                    message: format!("no image named {reference}"),
-                }
-                .into())
-            }
-        }
-    };
-    let bytes = a.read(&digest)?;
-    Ok(crate::registry::Manifest {
-        media_type: manifest::sniff_media_type(a.media_type(&digest).unwrap_or(""), &bytes),
-        digest,
-        bytes,
-        host: reference.domain.clone(),
-    })
 }
 
 /// Folds an entry into another naming the same image (same repository,
