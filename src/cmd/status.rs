@@ -18,6 +18,11 @@ pub(super) async fn run(settings: Settings) -> anyhow::Result<Exit> {
     )
     .await?;
     let cri = cri::Cri::new(c.channel());
+    // Only records are read: the snapshotter is never asked.
+    let store = crate::pull::inventory::ContainerdStore {
+        containerd: c,
+        snapshotter: String::new(),
+    };
     let mut missing = 0;
     out!(
         "{:<8} {:<9} {:<6} {:<9} {:<71}  reference",
@@ -35,14 +40,7 @@ pub(super) async fn run(settings: Settings) -> anyhow::Result<Exit> {
         // The digest the tag's record points at, or the pinned one.
         let digest = match &entry.reference.digest {
             Some(d) => Some(d.clone()),
-            None => match entry.reference.tag_name() {
-                Some(t) => c
-                    .image_get(&t)
-                    .await?
-                    .and_then(|i| i.target)
-                    .map(|t| t.digest),
-                None => None,
-            },
+            None => crate::pull::inventory::held_digest(&store, &entry.reference).await?,
         };
         let by_digest = match &digest {
             Some(d) => cri.image_status(&entry.reference.digest_name(d)).await?,

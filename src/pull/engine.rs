@@ -2,21 +2,22 @@
 //! planned image under its lease and write its records.
 
 use super::blobs::{ArchiveSource, BlobSource, Opened, RegistrySource};
+use super::inventory::ContainerdStore;
+use super::planner::{PlannedImage, Planner, Sources};
+use super::resolve::{Resolved, Resolver, SmallBlob};
 use super::PullError;
 use crate::config::Unpack;
 use crate::config::{ImageEntry, Settings};
-use crate::containerd::{Containerd, ContainerdError, Desc, WriteStart};
+use crate::containerd::{Containerd, Desc, WriteStart};
 use crate::cri::Cri;
 use crate::disk::{DiskProbe, Statvfs};
 use crate::labels::{self, MANAGED_LABEL, PINNED_LABEL, PREWARM_LABEL, PREWARM_PINNED_LABEL};
-use crate::manifest;
-use crate::plan::{self, Budget, Candidate, Decision};
+use crate::plan::{self, Decision};
 use crate::reference::Reference;
 use crate::registry::Registries;
 use crate::report::{ImageReport, ImageStatus, Report, Summary};
 use crate::retry::Retry;
 use crate::throttle::Bandwidth;
-use bytes::Bytes;
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeSet, HashMap};
@@ -33,127 +34,6 @@ const DISK_WATCH_INTERVAL: Duration = Duration::from_millis(200);
 /// How long CRI may take to notice new image records.
 const CRI_VISIBLE_WITHIN: Duration = Duration::from_secs(10);
 
-/// A blob held in memory (manifests, indexes, configs).
-#[derive(Debug, Clone)]
-pub struct SmallBlob {
-    pub desc: Desc,
-    pub bytes: Bytes,
-}
-
-/// An image resolved against its registry or archive: raw bytes of
-/// everything above the layers.
-#[derive(Debug, Clone)]
-pub struct Resolved {
-    pub entry: ImageEntry,
-    /// The index or list, when the reference names one.
-    pub index: Option<SmallBlob>,
-    pub manifest: SmallBlob,
-    pub config: SmallBlob,
-    pub layers: Vec<Desc>,
-    pub diff_ids: Vec<String>,
-    pub chain_ids: Vec<String>,
-    /// Unpacked size per layer where the stream's metadata told it
-    /// (gzip ISIZE, zstd frame content size, or an uncompressed layer).
-    pub unpacked_sizes: Vec<Option<u64>>,
-    /// Where the blobs come from.
-    pub source: Arc<dyn BlobSource>,
-    /// What the store already holds of each layer; empty until taken
-    /// stock of (then nothing counts as held).
-    pub stored: Vec<Stored>,
-}
-
-/// What containerd already holds of one layer.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Stored {
-    /// The compressed blob is in the content store.
-    pub content: bool,
-    /// The layer is unpacked: its chain ID is a committed snapshot.
-    pub snapshot: bool,
-}
-
-impl Resolved {
-    /// What the image records point at: the index if any, else the manifest.
-    pub fn top(&self) -> &SmallBlob {
-        self.index.as_ref().unwrap_or(&self.manifest)
-    }
-
-    /// Compressed bytes of the whole image.
-    pub fn compressed_size(&self) -> u64 {
-        let small = self.index.iter().chain([&self.manifest, &self.config]);
-        small.map(|b| b.bytes.len() as u64).sum::<u64>()
-            + self
-                .layers
-                .iter()
-                .map(|l| l.size.max(0) as u64)
-                .sum::<u64>()
-    }
-
-    /// Estimated unpacked bytes of layer `i`: the size its stream records,
-    /// else `ratio` times its compressed size.
-    pub fn layer_unpacked(&self, i: usize, ratio: f64) -> u64 {
-        let Some(l) = self.layers.get(i) else {
-            return 0;
-        };
-        self.unpacked_sizes
-            .get(i)
-            .copied()
-            .flatten()
-            .unwrap_or_else(|| {
-                let compressed = !matches!(
-                    manifest::layer_compression(&l.media_type),
-                    Some(manifest::Compression::None)
-                );
-                plan::estimate_unpacked(l.size.max(0) as u64, compressed, ratio)
-            })
-    }
-
-    /// What the image would write, part by part, and which parts the store
-    /// already holds (see [`Engine::take_stock`]): the small blobs, each
-    /// layer's blob, and each layer unpacked.
-    pub fn parts(&self, ratio: f64) -> Vec<plan::Part> {
-        let small = self.index.iter().chain([&self.manifest, &self.config]);
-        let mut parts: Vec<plan::Part> = small
-            .map(|b| plan::Part {
-                key: b.desc.digest.clone(),
-                bytes: b.bytes.len() as u64,
-                held: false,
-            })
-            .collect();
-        for (i, l) in self.layers.iter().enumerate() {
-            let stored = self.stored.get(i).copied().unwrap_or_default();
-            parts.push(plan::Part {
-                key: l.digest.clone(),
-                bytes: l.size.max(0) as u64,
-                held: stored.content,
-            });
-            parts.push(plan::Part {
-                key: format!(
-                    "snapshot:{}",
-                    self.chain_ids.get(i).map_or("", String::as_str)
-                ),
-                bytes: self.layer_unpacked(i, ratio),
-                held: stored.snapshot,
-            });
-        }
-        parts
-    }
-
-    /// The image ID kubelet shows: the config digest.
-    pub fn image_id(&self) -> &str {
-        &self.config.desc.digest
-    }
-
-    /// The three record names: `repo:tag` (when tagged), `repo@digest`,
-    /// and the config digest.
-    pub fn record_names(&self) -> Vec<String> {
-        let r = &self.entry.reference;
-        let mut names: Vec<String> = r.tag_name().into_iter().collect();
-        names.push(r.digest_name(&self.top().desc.digest));
-        names.push(self.image_id().to_string());
-        names
-    }
-}
-
 /// Everything a run needs, shared by the image tasks.
 pub struct Engine {
     pub settings: Settings,
@@ -161,6 +41,8 @@ pub struct Engine {
     pub cri: Cri,
     pub registry: RegistrySource,
     pub snapshotter: String,
+    /// What the store holds, read through the inventory's seam.
+    store: ContainerdStore,
     pub disk: Arc<dyn DiskProbe>,
     /// Where the disk probe looks, for messages.
     pub disk_path: String,
@@ -178,20 +60,6 @@ pub struct Engine {
     pub write_pace: Arc<Bandwidth>,
     /// One lock per layer (chain ID) being unpacked.
     chain_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-}
-
-/// An image's fate before execution.
-enum Prepared {
-    Ready {
-        r: Box<Resolved>,
-        present: bool,
-        /// What the node's `repo:tag` record points at now.
-        held: Option<String>,
-    },
-    Failed(String),
-    /// The same image as another entry (same repository and digest); it
-    /// was merged into that one.
-    Same,
 }
 
 impl Engine {
@@ -227,6 +95,10 @@ impl Engine {
             .unwrap_or(image_fs.snapshotter.clone());
         let disk_path = image_fs.mountpoint.display().to_string();
         Ok(Engine {
+            store: ContainerdStore {
+                containerd: containerd.clone(),
+                snapshotter: snapshotter.clone(),
+            },
             bandwidth: Bandwidth::new(settings.bandwidth),
             unpack_pace: Bandwidth::new(None),
             chain_locks: Mutex::new(HashMap::new()),
@@ -248,166 +120,13 @@ impl Engine {
         })
     }
 
-    /// Resolves an image: top manifest or index, the platform manifest and
-    /// the config, all as raw bytes.
-    pub async fn resolve(&self, entry: &ImageEntry) -> Result<Resolved, PullError> {
-        let reference = &entry.reference;
-        let source = self.source_for(reference);
-        let fetch = |what: String| {
-            let source = &source;
-            async move {
-                self.retry
-                    .run(
-                        &format!("fetching manifest {what} of {reference}"),
-                        PullError::is_retryable,
-                        |_| source.manifest(reference, &what),
-                    )
-                    .await
-            }
-        };
-        let top = fetch(reference.manifest_reference().to_string()).await?;
-        let top_media = top.media_type;
-        let small = |media_type: String, digest: String, bytes: Bytes| SmallBlob {
-            desc: Desc {
-                media_type,
-                size: bytes.len() as i64,
-                digest,
-            },
-            bytes,
-        };
-        let (index, manifest) = if manifest::is_index(&top_media) {
-            let idx = manifest::Index::parse(&top.digest, &top.bytes)?;
-            let chosen = manifest::select_manifest(&top.digest, &idx, &self.settings.platform)?;
-            let m = fetch(chosen.digest.clone()).await?;
-            (
-                Some(small(top_media, top.digest, top.bytes)),
-                small(m.media_type, m.digest, m.bytes),
-            )
-        } else if manifest::is_manifest(&top_media) {
-            (None, small(top_media, top.digest, top.bytes))
-        } else {
-            return Err(manifest::ManifestError::MediaType {
-                digest: top.digest,
-                media_type: top_media,
-            }
-            .into());
-        };
-        let parsed = manifest::Manifest::parse(&manifest.desc.digest, &manifest.bytes)?;
-        let config_bytes = self
-            .fetch_small(source.as_ref(), reference, &parsed.config)
-            .await?;
-        let config = manifest::ImageConfig::parse(&parsed.config.digest, &config_bytes)?;
-        if config.rootfs.diff_ids.len() != parsed.layers.len() {
-            return Err(manifest::ManifestError::Invalid {
-                what: "config",
-                digest: parsed.config.digest.clone(),
-                why: format!(
-                    "{} diff_ids for {} layers",
-                    config.rootfs.diff_ids.len(),
-                    parsed.layers.len()
-                ),
-            }
-            .into());
+    /// Resolves images with this run's retries, platform and ratio.
+    pub fn resolver(&self) -> Resolver<'_> {
+        Resolver {
+            retry: &self.retry,
+            platform: &self.settings.platform,
+            unpack_ratio: self.settings.unpack_ratio,
         }
-        let chain_ids = manifest::chain_ids(&config.rootfs.diff_ids);
-        Ok(Resolved {
-            entry: entry.clone(),
-            index,
-            manifest,
-            config: small(
-                parsed.config.media_type.clone(),
-                parsed.config.digest.clone(),
-                config_bytes,
-            ),
-            layers: parsed
-                .layers
-                .iter()
-                .map(|l| Desc {
-                    media_type: l.media_type.clone(),
-                    digest: l.digest.clone(),
-                    size: l.size,
-                })
-                .collect(),
-            diff_ids: config.rootfs.diff_ids,
-            chain_ids,
-            unpacked_sizes: Vec::new(),
-            stored: Vec::new(),
-            source,
-        })
-    }
-
-    /// Reads each layer's unpacked size from its compressed stream with a
-    /// small Range request, where the format records it. Failures only
-    /// mean falling back to the configured ratio.
-    pub async fn read_unpacked_sizes(&self, r: &mut Resolved) {
-        let image = &r.entry.reference;
-        let source = r.source.as_ref();
-        let ratio = self.settings.unpack_ratio;
-        let sizes = futures_util::future::join_all(r.layers.iter().map(|l| async move {
-            let size = l.size.max(0) as u64;
-            let fetch = |start: u64, len: u64| source.range(image, &l.digest, start, len);
-            match manifest::layer_compression(&l.media_type)? {
-                manifest::Compression::None => Some(size),
-                manifest::Compression::Gzip if size >= 4 => {
-                    let guess = plan::estimate_unpacked(size, true, ratio);
-                    crate::estimate::gzip_isize(&fetch(size - 4, 4).await?, size, guess)
-                }
-                manifest::Compression::Zstd => {
-                    let len = crate::estimate::ZSTD_HEADER_MAX.min(size);
-                    crate::estimate::zstd_content_size(&fetch(0, len).await?, size)
-                }
-                manifest::Compression::Gzip => None,
-            }
-        }))
-        .await;
-        r.unpacked_sizes = sizes;
-    }
-
-    /// Reads a small blob into memory and checks its size and digest.
-    async fn fetch_small(
-        &self,
-        source: &dyn BlobSource,
-        reference: &Reference,
-        d: &manifest::Descriptor,
-    ) -> Result<Bytes, PullError> {
-        // A config is JSON of a few KiB; the size comes from the manifest,
-        // which anyone can write. Held to the manifests' limit.
-        let limit = crate::registry::MAX_MANIFEST_BYTES;
-        if !(0..=limit as i64).contains(&d.size) {
-            return Err(PullError::Blob {
-                reference: reference.to_string(),
-                digest: d.digest.clone(),
-                message: format!(
-                    "the manifest gives it {} bytes; at most {limit} are read",
-                    d.size
-                ),
-            });
-        }
-        self.retry
-            .run(
-                &format!("fetching {} of {reference}", d.digest),
-                PullError::is_retryable,
-                |_| async {
-                    let mut blob = source.open(reference, &d.digest, 0).await?;
-                    let mut buf = Vec::with_capacity(d.size as usize);
-                    while let Some(chunk) = blob.stream.next().await {
-                        buf.extend_from_slice(&chunk?);
-                        if buf.len() as i64 > d.size {
-                            break;
-                        }
-                    }
-                    let got = crate::digest::sha256(&buf);
-                    if got != d.digest || buf.len() as i64 != d.size {
-                        return Err(PullError::Blob {
-                            reference: reference.to_string(),
-                            digest: d.digest.clone(),
-                            message: format!("received {} bytes hashing to {got}", buf.len()),
-                        });
-                    }
-                    Ok(Bytes::from(buf))
-                },
-            )
-            .await
     }
 
     /// Where `reference`'s blobs come from: the first archive that holds
@@ -422,28 +141,25 @@ impl Engine {
         }
     }
 
-    /// Is the image complete in containerd and recorded under every name?
-    pub async fn is_present(&self, r: &Resolved) -> Result<bool, ContainerdError> {
-        let top = &r.top().desc.digest;
-        for name in r.record_names() {
-            match self.containerd.image_get(&name).await? {
-                Some(img) if img.target.as_ref().is_some_and(|t| &t.digest == top) => {
-                    if self.settings.pin
-                        && img.labels.get(PINNED_LABEL).map(String::as_str) != Some("pinned")
-                    {
-                        return Ok(false);
-                    }
-                }
-                _ => return Ok(false),
-            }
-        }
-        match r.chain_ids.last() {
-            Some(top_chain) => {
-                self.containerd
-                    .snapshot_exists(&self.snapshotter, top_chain)
-                    .await
-            }
-            None => Ok(true),
+    /// `prewarm plan`: what a pull would do, without writing anything.
+    pub async fn plan(&self) -> Result<Vec<PlannedImage>, crate::disk::DiskError> {
+        let sources = |r: &Reference| self.source_for(r);
+        self.planner(&sources).plan().await
+    }
+
+    /// The disk budget now.
+    pub fn budget(&self) -> Result<plan::Budget, crate::disk::DiskError> {
+        let sources = |r: &Reference| self.source_for(r);
+        self.planner(&sources).budget()
+    }
+
+    fn planner<'a>(&'a self, sources: &'a Sources<'a>) -> Planner<'a> {
+        Planner {
+            settings: &self.settings,
+            resolver: self.resolver(),
+            sources,
+            store: &self.store,
+            disk: self.disk.as_ref(),
         }
     }
 
@@ -455,134 +171,6 @@ impl Engine {
             .entry(chain.to_string())
             .or_default()
             .clone()
-    }
-
-    /// Finds which layers of a not yet present image the store already
-    /// holds, as blobs and unpacked, so that the plan charges only the rest.
-    pub async fn take_stock(&self, r: &mut Resolved) -> Result<(), ContainerdError> {
-        let mut stored = Vec::with_capacity(r.layers.len());
-        for (layer, chain) in r.layers.iter().zip(&r.chain_ids) {
-            stored.push(Stored {
-                content: self.containerd.content_info(&layer.digest).await?.is_some(),
-                snapshot: self
-                    .containerd
-                    .snapshot_exists(&self.snapshotter, chain)
-                    .await?,
-            });
-        }
-        r.stored = stored;
-        Ok(())
-    }
-
-    /// The disk budget now.
-    pub fn budget(&self) -> Result<Budget, crate::disk::DiskError> {
-        let u = self.disk.usage()?;
-        Ok(Budget {
-            total: u.total,
-            available: u.available,
-            reserve: self.settings.reserve,
-            max_usage_percent: self.settings.max_usage_percent,
-        })
-    }
-
-    /// Resolves every listed image and checks which are present.
-    async fn prepare(&self) -> Vec<Prepared> {
-        let n = self.settings.concurrency.get() as usize * 2;
-        let prepared = futures_util::stream::iter(self.settings.images.iter())
-            .map(|entry| async move {
-                let mut r = match self.resolve(entry).await {
-                    Ok(r) => r,
-                    Err(e) => return Prepared::Failed(crate::error_chain(&e)),
-                };
-                let held = match self.held_digest(&entry.reference).await {
-                    Ok(h) => h,
-                    Err(e) => return Prepared::Failed(crate::error_chain(&e)),
-                };
-                match self.is_present(&r).await {
-                    Ok(present) => {
-                        if !present {
-                            self.read_unpacked_sizes(&mut r).await;
-                            if let Err(e) = self.take_stock(&mut r).await {
-                                return Prepared::Failed(crate::error_chain(&e));
-                            }
-                        }
-                        Prepared::Ready {
-                            r: Box::new(r),
-                            present,
-                            held,
-                        }
-                    }
-                    Err(e) => Prepared::Failed(crate::error_chain(&e)),
-                }
-            })
-            .buffered(n.max(1))
-            .collect::<Vec<_>>()
-            .await;
-        merge_same_images(prepared)
-    }
-
-    /// The digest the node's `repo:tag` record points at, if any.
-    async fn held_digest(&self, r: &Reference) -> Result<Option<String>, ContainerdError> {
-        let Some(tag) = r.tag_name() else {
-            return Ok(None);
-        };
-        Ok(self
-            .containerd
-            .image_get(&tag)
-            .await?
-            .and_then(|i| i.target)
-            .map(|t| t.digest))
-    }
-
-    /// `prewarm plan`: what a pull would do, without writing anything.
-    pub async fn plan(&self) -> Result<Vec<PlannedImage>, crate::disk::DiskError> {
-        let prepared = self.prepare().await;
-        let budget = self.budget()?;
-        Ok(self.decide(prepared, budget))
-    }
-
-    fn decide(&self, prepared: Vec<Prepared>, budget: Budget) -> Vec<PlannedImage> {
-        let ratio = self.settings.unpack_ratio;
-        let candidates: Vec<Candidate> = prepared
-            .iter()
-            .enumerate()
-            .filter_map(|(i, p)| match p {
-                Prepared::Ready { r, present, .. } => Some(Candidate {
-                    position: i,
-                    priority: r.entry.priority,
-                    required: r.entry.required,
-                    present: *present,
-                    parts: r.parts(ratio),
-                }),
-                Prepared::Failed(_) | Prepared::Same => None,
-            })
-            .collect();
-        let steps = plan::plan(&candidates, budget);
-        let mut slots: Vec<Option<Prepared>> = prepared.into_iter().map(Some).collect();
-        let mut out = Vec::with_capacity(slots.len());
-        for step in steps {
-            if let Some(Prepared::Ready { r, held, .. }) = slots[step.position].take() {
-                out.push(PlannedImage {
-                    entry: r.entry.clone(),
-                    resolved: Some(r),
-                    decision: Ok(step.decision),
-                    need: step.need,
-                    held,
-                });
-            }
-        }
-        for (i, slot) in slots.into_iter().enumerate() {
-            if let Some(Prepared::Failed(why)) = slot {
-                out.push(PlannedImage {
-                    entry: self.settings.images[i].clone(),
-                    resolved: None,
-                    decision: Err(why),
-                    need: 0,
-                    held: None,
-                });
-            }
-        }
-        out
     }
 
     /// `prewarm pull`: the whole run, bounded by the deadline.
@@ -597,15 +185,13 @@ impl Engine {
         let mut planned: Vec<PlannedImage> = Vec::new();
         let interrupted = {
             let work = async {
-                let prepared = self.prepare().await;
-                let budget = match self.budget() {
-                    Ok(b) => b,
+                planned = match self.plan().await {
+                    Ok(p) => p,
                     Err(e) => {
                         tracing::error!(error = %crate::error_chain(&e), "reading disk usage");
                         return;
                     }
                 };
-                planned = self.decide(prepared, budget);
                 tracing::debug!(images = planned.len(), "planned");
                 results = vec![None; planned.len()];
                 let results_ref = &std::sync::Mutex::new(&mut results);
@@ -1145,65 +731,6 @@ impl Engine {
                 return e;
             }
         }
-    }
-}
-
-/// Folds an entry into another naming the same image (same repository,
-/// same resolved digest) whose record names cover its own: a digest-only
-/// entry into a tagged one, or `repo:tag` into `repo:tag@digest`. The image
-/// is planned once, with the higher priority, required if either is.
-fn merge_same_images(mut prepared: Vec<Prepared>) -> Vec<Prepared> {
-    for i in 0..prepared.len() {
-        let (name, tag, digest, priority, required) = match &prepared[i] {
-            Prepared::Ready { r, .. } => (
-                r.entry.reference.name(),
-                r.entry.reference.tag.clone(),
-                r.top().desc.digest.clone(),
-                r.entry.priority,
-                r.entry.required,
-            ),
-            _ => continue,
-        };
-        let target = prepared.iter().enumerate().position(|(j, p)| match p {
-            Prepared::Ready { r, .. } => {
-                let e = &r.entry.reference;
-                j != i
-                    && e.name() == name
-                    && r.top().desc.digest == digest
-                    && e.tag.is_some()
-                    && (tag.is_none() || e.tag == tag)
-            }
-            _ => false,
-        });
-        if let Some(j) = target {
-            if let Prepared::Ready { r, .. } = &mut prepared[j] {
-                tracing::info!(image = %r.entry.reference, %digest, "listed twice (by tag and by digest); planned once");
-                r.entry.priority = r.entry.priority.max(priority);
-                r.entry.required |= required;
-            }
-            prepared[i] = Prepared::Same;
-        }
-    }
-    prepared
-}
-
-/// One image with its plan decision (or why it could not be planned).
-#[derive(Debug)]
-pub struct PlannedImage {
-    pub entry: ImageEntry,
-    pub resolved: Option<Box<Resolved>>,
-    pub decision: Result<Decision, String>,
-    pub need: u64,
-    /// What the node's `repo:tag` record pointed at before the run.
-    pub held: Option<String>,
-}
-
-impl PlannedImage {
-    /// The digest the tag pointed at on the node, when the registry (or
-    /// archive) now resolves it elsewhere: drift.
-    pub fn moved_from(&self) -> Option<&str> {
-        let now = &self.resolved.as_ref()?.top().desc.digest;
-        self.held.as_deref().filter(|h| h != now)
     }
 }
 

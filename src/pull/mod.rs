@@ -6,8 +6,15 @@
 
 pub mod blobs;
 pub mod engine;
+pub mod inventory;
+pub mod planner;
+pub mod resolve;
 
-pub use engine::{lease_id, Engine, PlannedImage};
+#[cfg(test)]
+mod fakes;
+
+pub use engine::{lease_id, Engine};
+pub use planner::PlannedImage;
 
 use crate::containerd::ContainerdError;
 use crate::manifest;
