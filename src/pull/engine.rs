@@ -18,6 +18,7 @@ use crate::registry::Registries;
 use crate::report::{ImageReport, ImageStatus, Report, Summary};
 use crate::retry::Retry;
 use crate::throttle::Bandwidth;
+use futures_util::future::LocalBoxFuture;
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeSet, HashMap};
@@ -180,62 +181,15 @@ impl Engine {
         stop: impl std::future::Future<Output = String>,
     ) -> Report {
         let started_at = crate::time::rfc3339(std::time::SystemTime::now());
-        let deadline = self.settings.deadline;
-        let mut results: Vec<Option<ImageReport>> = Vec::new();
-        let mut planned: Vec<PlannedImage> = Vec::new();
-        let interrupted = {
-            let work = async {
-                planned = match self.plan().await {
-                    Ok(p) => p,
-                    Err(e) => {
-                        tracing::error!(error = %crate::error_chain(&e), "reading disk usage");
-                        return;
-                    }
-                };
-                tracing::debug!(images = planned.len(), "planned");
-                results = vec![None; planned.len()];
-                let results_ref = &std::sync::Mutex::new(&mut results);
-                let conc = self.settings.concurrency.get() as usize;
-                futures_util::stream::iter(planned.iter().enumerate())
-                    .for_each_concurrent(conc, |(i, p)| async move {
-                        let report = self.execute(p).await;
-                        if let Ok(mut g) = results_ref.lock() {
-                            g[i] = Some(report);
-                        }
-                    })
-                    .await;
-            };
-            tokio::select! {
-                _ = work => None,
-                _ = tokio::time::sleep(deadline) => Some(format!("deadline of {deadline:?} passed")),
-                why = stop => Some(why),
-            }
-        };
-        let images: Vec<ImageReport> = if planned.is_empty() {
-            self.settings
-                .images
-                .iter()
-                .map(|e| unfinished(e, interrupted.as_deref().unwrap_or("not started")))
-                .collect()
-        } else {
-            planned
-                .iter()
-                .zip(results.iter())
-                .map(|(p, r)| match r {
-                    Some(r) => r.clone(),
-                    None => {
-                        let mut u =
-                            unfinished(&p.entry, interrupted.as_deref().unwrap_or("not run"));
-                        if let Some(r) = &p.resolved {
-                            u.digest = Some(r.top().desc.digest.clone());
-                            u.image_id = Some(r.image_id().to_string());
-                            u.size = r.compressed_size();
-                        }
-                        u
-                    }
-                })
-                .collect()
-        };
+        let sources = |r: &Reference| self.source_for(r);
+        let (images, interrupted) = run_bounded(
+            &self.planner(&sources),
+            self,
+            self.settings.concurrency.get() as usize,
+            self.settings.deadline,
+            stop,
+        )
+        .await;
         let summary = Summary::of(&images, started.elapsed().as_secs_f64());
         Report {
             version: 1,
@@ -253,7 +207,7 @@ impl Engine {
         }
     }
 
-    /// Carries out one planned step.
+    /// Carries out one planned image.
     async fn execute(&self, p: &PlannedImage) -> ImageReport {
         let t0 = Instant::now();
         let mut report = unfinished(&p.entry, "");
@@ -734,6 +688,85 @@ impl Engine {
     }
 }
 
+/// The last stage of a run, one planned image at a time: the engine's
+/// pull, or a stand-in in tests.
+pub trait ImageStep {
+    fn run<'a>(&'a self, p: &'a PlannedImage) -> LocalBoxFuture<'a, ImageReport>;
+}
+
+impl ImageStep for Engine {
+    fn run<'a>(&'a self, p: &'a PlannedImage) -> LocalBoxFuture<'a, ImageReport> {
+        Box::pin(self.execute(p))
+    }
+}
+
+/// Plans, then runs `step` on each planned image, `concurrency` at a time,
+/// until all are done, `deadline` passes or `stop` resolves (with why).
+/// Every listed image gets a report: one not finished is failed, with
+/// why the run ended, and what is known of it.
+pub async fn run_bounded(
+    planner: &Planner<'_>,
+    step: &dyn ImageStep,
+    concurrency: usize,
+    deadline: Duration,
+    stop: impl std::future::Future<Output = String>,
+) -> (Vec<ImageReport>, Option<String>) {
+    let mut results: Vec<Option<ImageReport>> = Vec::new();
+    let mut planned: Vec<PlannedImage> = Vec::new();
+    let interrupted = {
+        let work = async {
+            planned = match planner.plan().await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(error = %crate::error_chain(&e), "reading disk usage");
+                    return;
+                }
+            };
+            tracing::debug!(images = planned.len(), "planned");
+            results = vec![None; planned.len()];
+            let results_ref = &std::sync::Mutex::new(&mut results);
+            futures_util::stream::iter(planned.iter().enumerate())
+                .for_each_concurrent(concurrency.max(1), |(i, p)| async move {
+                    let report = step.run(p).await;
+                    if let Ok(mut g) = results_ref.lock() {
+                        g[i] = Some(report);
+                    }
+                })
+                .await;
+        };
+        tokio::select! {
+            _ = work => None,
+            _ = tokio::time::sleep(deadline) => Some(format!("deadline of {deadline:?} passed")),
+            why = stop => Some(why),
+        }
+    };
+    let images = if planned.is_empty() {
+        planner
+            .settings
+            .images
+            .iter()
+            .map(|e| unfinished(e, interrupted.as_deref().unwrap_or("not started")))
+            .collect()
+    } else {
+        planned
+            .iter()
+            .zip(results)
+            .map(|(p, r)| {
+                r.unwrap_or_else(|| {
+                    let mut u = unfinished(&p.entry, interrupted.as_deref().unwrap_or("not run"));
+                    if let Some(r) = &p.resolved {
+                        u.digest = Some(r.top().desc.digest.clone());
+                        u.image_id = Some(r.image_id().to_string());
+                        u.size = r.compressed_size();
+                    }
+                    u
+                })
+            })
+            .collect()
+    };
+    (images, interrupted)
+}
+
 fn unfinished(e: &ImageEntry, why: &str) -> ImageReport {
     ImageReport {
         reference: e.reference.to_string(),
@@ -757,4 +790,122 @@ fn unfinished(e: &ImageEntry, why: &str) -> ImageReport {
 pub fn lease_id(name: &str, top_digest: &str) -> String {
     let h = hex::encode(Sha256::digest(format!("{name}\n{top_digest}").as_bytes()));
     format!("prewarm-{}", &h[..24])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fakes::{FakeRegistry, World};
+    use super::*;
+
+    const REG: &str = "registry.test";
+
+    /// Pulls at once, except images whose name has `slow`: they never end.
+    struct Step;
+
+    impl ImageStep for Step {
+        fn run<'a>(&'a self, p: &'a PlannedImage) -> LocalBoxFuture<'a, ImageReport> {
+            Box::pin(async move {
+                if p.entry.reference.repository.contains("slow") {
+                    futures_util::future::pending::<()>().await;
+                }
+                let mut r = unfinished(&p.entry, "");
+                r.reason = None;
+                r.status = ImageStatus::Pulled;
+                r
+            })
+        }
+    }
+
+    fn world(hang: Option<&str>) -> World {
+        let mut reg = FakeRegistry::default();
+        reg.push(&format!("{REG}/fast:1"), &[&[1u8; 100]]);
+        reg.push(&format!("{REG}/slow:1"), &[&[2u8; 100]]);
+        if let Some(h) = hang {
+            reg.hang.insert(h.to_string());
+        }
+        World::new(
+            &[
+                &format!("ref = \"{REG}/fast:1\""),
+                &format!("ref = \"{REG}/slow:1\""),
+            ],
+            reg,
+            1 << 30,
+        )
+    }
+
+    async fn run(
+        w: &World,
+        deadline: Duration,
+        stop_after: Option<Duration>,
+    ) -> (Vec<ImageReport>, Option<String>) {
+        let sources = w.sources();
+        let stop = async move {
+            match stop_after {
+                Some(d) => tokio::time::sleep(d).await,
+                None => futures_util::future::pending().await,
+            }
+            "stopped by SIGTERM".to_string()
+        };
+        run_bounded(&w.planner(&sources), &Step, 2, deadline, stop).await
+    }
+
+    fn by_name<'a>(images: &'a [ImageReport], name: &str) -> &'a ImageReport {
+        let full = format!("{REG}/{name}:1");
+        images
+            .iter()
+            .find(|i| i.reference == full)
+            .unwrap_or_else(|| panic!("no report for {full}: {images:#?}"))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_deadline_ends_the_run_and_every_image_is_reported() {
+        let w = world(None);
+        let (images, interrupted) = run(&w, Duration::from_secs(600), None).await;
+        assert_eq!(interrupted.as_deref(), Some("deadline of 600s passed"));
+        assert_eq!(images.len(), 2);
+        assert_eq!(by_name(&images, "fast").status, ImageStatus::Pulled);
+        let slow = by_name(&images, "slow");
+        assert_eq!(slow.status, ImageStatus::Failed);
+        assert_eq!(slow.reason.as_deref(), Some("deadline of 600s passed"));
+        // Resolved before the deadline: what it is, is known.
+        assert!(slow.digest.is_some() && slow.image_id.is_some());
+        assert!(slow.size > 200);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_while_resolving_fails_every_listed_image() {
+        let w = world(Some(&format!("{REG}/slow:1")));
+        let (images, interrupted) = run(&w, Duration::from_secs(60), None).await;
+        assert_eq!(interrupted.as_deref(), Some("deadline of 60s passed"));
+        assert_eq!(images.len(), 2);
+        for i in &images {
+            assert_eq!(i.status, ImageStatus::Failed, "{i:?}");
+            assert_eq!(i.reason.as_deref(), Some("deadline of 60s passed"));
+            assert_eq!(i.digest, None);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_ends_the_run_with_its_reason() {
+        let w = world(None);
+        let (images, interrupted) =
+            run(&w, Duration::from_secs(3600), Some(Duration::from_secs(5))).await;
+        assert_eq!(interrupted.as_deref(), Some("stopped by SIGTERM"));
+        assert_eq!(by_name(&images, "fast").status, ImageStatus::Pulled);
+        assert_eq!(
+            by_name(&images, "slow").reason.as_deref(),
+            Some("stopped by SIGTERM")
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_run_that_ends_in_time_is_not_interrupted() {
+        let mut reg = FakeRegistry::default();
+        reg.push(&format!("{REG}/fast:1"), &[&[1u8; 100]]);
+        let w = World::new(&[&format!("ref = \"{REG}/fast:1\"")], reg, 1 << 30);
+        let (images, interrupted) = run(&w, Duration::from_secs(60), None).await;
+        assert_eq!(interrupted, None);
+        assert_eq!(images.len(), 1);
+        assert_eq!(images[0].status, ImageStatus::Pulled);
+    }
 }

@@ -170,7 +170,7 @@ impl BlobSource for FakeRegistry {
 }
 
 /// An image store: records, blobs and committed snapshots.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct FakeStore {
     pub records: HashMap<String, Record>,
     pub blobs: HashSet<String>,
@@ -219,5 +219,65 @@ pub struct FakeDisk(pub DiskUsage);
 impl DiskProbe for FakeDisk {
     fn usage(&self) -> Result<DiskUsage, DiskError> {
         Ok(self.0)
+    }
+}
+
+/// A node and its registry, for planning and running without daemons.
+pub struct World {
+    pub settings: crate::config::Settings,
+    pub registry: std::sync::Arc<FakeRegistry>,
+    pub store: FakeStore,
+    pub disk: FakeDisk,
+    retry: crate::retry::Retry,
+}
+
+impl World {
+    /// Settings listing `images` (TOML `[[images]]` bodies), no disk
+    /// reserve, no retries; `free` bytes free on a large disk.
+    pub fn new(images: &[&str], registry: FakeRegistry, free: u64) -> Self {
+        let mut text = String::from(
+            "version = 1\n[pull]\nretries = 0\n[disk]\nreserve = 0\nmax-usage-percent = 100\n",
+        );
+        for i in images {
+            text.push_str(&format!("[[images]]\n{i}\n"));
+        }
+        let settings = crate::config::load_str(
+            &[("/etc/prewarm/config.d/50-test.toml".into(), text)],
+            &Default::default(),
+        )
+        .unwrap_or_else(|e| panic!("{}", crate::error_chain(&e)));
+        World {
+            retry: crate::retry::Retry::new(settings.retries),
+            settings,
+            registry: std::sync::Arc::new(registry),
+            store: FakeStore::default(),
+            disk: FakeDisk(DiskUsage {
+                total: 1 << 40,
+                available: free,
+            }),
+        }
+    }
+
+    /// Every image's source: the fake registry.
+    pub fn sources(&self) -> impl Fn(&Reference) -> std::sync::Arc<dyn BlobSource> + Send + Sync {
+        let registry = self.registry.clone();
+        move |_| registry.clone()
+    }
+
+    pub fn planner<'a>(
+        &'a self,
+        sources: &'a super::planner::Sources<'a>,
+    ) -> super::planner::Planner<'a> {
+        super::planner::Planner {
+            settings: &self.settings,
+            resolver: super::resolve::Resolver {
+                retry: &self.retry,
+                platform: &self.settings.platform,
+                unpack_ratio: self.settings.unpack_ratio,
+            },
+            sources,
+            store: &self.store,
+            disk: &self.disk,
+        }
     }
 }

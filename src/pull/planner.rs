@@ -201,53 +201,25 @@ impl PlannedImage {
 
 #[cfg(test)]
 mod tests {
-    use super::super::fakes::{FakeDisk, FakeRegistry, FakeStore, Pushed};
+    use super::super::fakes::{FakeRegistry, FakeStore, Pushed, World};
     use super::*;
-    use crate::disk::DiskUsage;
     use crate::plan::SkipReason;
-    use crate::retry::Retry;
 
     const REG: &str = "registry.test";
 
-    /// Settings with `images` (TOML `[[images]]` bodies) and no reserve.
-    fn settings(images: &[&str]) -> Settings {
-        let mut text = String::from("version = 1\n[disk]\nreserve = 0\nmax-usage-percent = 100\n");
-        for i in images {
-            text.push_str(&format!("[[images]]\n{i}\n"));
-        }
-        crate::config::load_str(
-            &[("/etc/prewarm/config.d/50-test.toml".into(), text)],
-            &Default::default(),
-        )
-        .unwrap_or_else(|e| panic!("{}", crate::error_chain(&e)))
-    }
-
-    /// Plans `s` with every image from `reg`.
+    /// Plans `images` (TOML `[[images]]` bodies) against `reg` and
+    /// `store`, with `free` bytes free.
     async fn plan_with(
-        s: &Settings,
+        images: &[&str],
         reg: FakeRegistry,
-        store: &FakeStore,
+        store: FakeStore,
         free: u64,
     ) -> Vec<PlannedImage> {
-        let retry = Retry::new(0);
-        let reg: Arc<dyn BlobSource> = Arc::new(reg);
-        let sources = move |_: &Reference| reg.clone();
-        let disk = FakeDisk(DiskUsage {
-            total: 1 << 40,
-            available: free,
-        });
-        let planner = Planner {
-            settings: s,
-            resolver: Resolver {
-                retry: &retry,
-                platform: &s.platform,
-                unpack_ratio: s.unpack_ratio,
-            },
-            sources: &sources,
-            store,
-            disk: &disk,
-        };
-        planner.plan().await.expect("a fake disk is always read")
+        let mut w = World::new(images, reg, free);
+        w.store = store;
+        let sources = w.sources();
+        let planned = w.planner(&sources).plan().await;
+        planned.expect("a fake disk is always read")
     }
 
     fn find<'a>(planned: &'a [PlannedImage], reference: &str) -> &'a PlannedImage {
@@ -266,12 +238,12 @@ mod tests {
         let mut reg = FakeRegistry::default();
         reg.push(&format!("{REG}/low:1"), &[&layer(1, 100_000)]);
         reg.push(&format!("{REG}/high:1"), &[&layer(2, 100_000)]);
-        let s = settings(&[
+        let s: &[&str] = &[
             &format!("ref = \"{REG}/low:1\"\npriority = 1"),
             &format!("ref = \"{REG}/high:1\"\npriority = 5"),
-        ]);
+        ];
         // Each needs its blob and its unpacked layer: about 200 kB.
-        let planned = plan_with(&s, reg, &FakeStore::default(), 300_000).await;
+        let planned = plan_with(s, reg, FakeStore::default(), 300_000).await;
         let high = find(&planned, &format!("{REG}/high:1"));
         let low = find(&planned, &format!("{REG}/low:1"));
         assert_eq!(high.decision, Ok(Decision::Pull));
@@ -281,7 +253,7 @@ mod tests {
         let mut reg = FakeRegistry::default();
         reg.push(&format!("{REG}/low:1"), &[&layer(1, 100_000)]);
         reg.push(&format!("{REG}/high:1"), &[&layer(2, 100_000)]);
-        let planned = plan_with(&s, reg, &FakeStore::default(), 410_000).await;
+        let planned = plan_with(s, reg, FakeStore::default(), 410_000).await;
         assert!(planned.iter().all(|p| p.decision == Ok(Decision::Pull)));
     }
 
@@ -291,13 +263,13 @@ mod tests {
         let mut reg = FakeRegistry::default();
         reg.push(&format!("{REG}/a:1"), &[&base, &layer(1, 10_000)]);
         reg.push(&format!("{REG}/b:1"), &[&base, &layer(2, 10_000)]);
-        let s = settings(&[
+        let s: &[&str] = &[
             &format!("ref = \"{REG}/a:1\""),
             &format!("ref = \"{REG}/b:1\""),
-        ]);
+        ];
         // Both fit once the base is charged once (about 440 kB), not
         // twice (about 840 kB).
-        let planned = plan_with(&s, reg, &FakeStore::default(), 500_000).await;
+        let planned = plan_with(s, reg, FakeStore::default(), 500_000).await;
         assert_eq!(planned.len(), 2);
         assert!(
             planned.iter().all(|p| p.decision == Ok(Decision::Pull)),
@@ -317,8 +289,8 @@ mod tests {
         // The node holds the base, blob and unpacked, from another image.
         let mut store = FakeStore::default();
         store.hold(&old, &[format!("{REG}/old:1")]);
-        let s = settings(&[&format!("ref = \"{REG}/app:2\"")]);
-        let planned = plan_with(&s, reg, &store, 50_000).await;
+        let s: &[&str] = &[&format!("ref = \"{REG}/app:2\"")];
+        let planned = plan_with(s, reg, store.clone(), 50_000).await;
         let app = find(&planned, &format!("{REG}/app:2"));
         assert_eq!(app.decision, Ok(Decision::Pull));
         assert!(app.need >= 20_000 && app.need < 30_000, "{}", app.need);
@@ -340,16 +312,16 @@ mod tests {
         ];
         // Two of the three records: not present, and charged whole.
         store.hold(&p, &names[..2]);
-        let s = settings(&[&format!("ref = \"{REG}/app:1\"")]);
+        let s: &[&str] = &[&format!("ref = \"{REG}/app:1\"")];
         let reg2 = || {
             let mut r = FakeRegistry::default();
             r.push(&format!("{REG}/app:1"), &[&layer(1, 100_000)]);
             r
         };
-        let planned = plan_with(&s, reg2(), &store, 1 << 30).await;
+        let planned = plan_with(s, reg2(), store.clone(), 1 << 30).await;
         assert_eq!(planned[0].decision, Ok(Decision::Pull));
         store.hold(&p, &names);
-        let planned = plan_with(&s, reg, &store, 0).await;
+        let planned = plan_with(s, reg, store.clone(), 0).await;
         assert_eq!(planned[0].decision, Ok(Decision::Present));
         assert_eq!(planned[0].need, 0);
         assert_eq!(planned[0].held.as_deref(), Some(p.digest.as_str()));
@@ -360,14 +332,14 @@ mod tests {
     async fn an_image_listed_by_tag_and_by_digest_is_planned_once() {
         let mut reg = FakeRegistry::default();
         let p = reg.push(&format!("{REG}/app:1"), &[&layer(1, 1000)]);
-        let s = settings(&[
+        let s: &[&str] = &[
             &format!("ref = \"{REG}/app:1\"\npriority = 1"),
             &format!(
                 "ref = \"{REG}/app@{}\"\npriority = 7\nrequired = true",
                 p.digest
             ),
-        ]);
-        let planned = plan_with(&s, reg, &FakeStore::default(), 1 << 30).await;
+        ];
+        let planned = plan_with(s, reg, FakeStore::default(), 1 << 30).await;
         assert_eq!(planned.len(), 1, "{planned:#?}");
         let app = &planned[0];
         assert_eq!(app.entry.reference.to_string(), format!("{REG}/app:1"));
@@ -380,11 +352,11 @@ mod tests {
     async fn an_image_that_does_not_resolve_fails_alone() {
         let mut reg = FakeRegistry::default();
         reg.push(&format!("{REG}/app:1"), &[&layer(1, 1000)]);
-        let s = settings(&[
+        let s: &[&str] = &[
             &format!("ref = \"{REG}/gone:1\""),
             &format!("ref = \"{REG}/app:1\""),
-        ]);
-        let planned = plan_with(&s, reg, &FakeStore::default(), 1 << 30).await;
+        ];
+        let planned = plan_with(s, reg, FakeStore::default(), 1 << 30).await;
         assert_eq!(
             find(&planned, &format!("{REG}/app:1")).decision,
             Ok(Decision::Pull)
