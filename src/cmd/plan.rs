@@ -24,7 +24,7 @@ pub(super) async fn run(settings: Settings) -> anyhow::Result<Exit> {
     let items = engine.plan().await?;
     out!(
         "disk {}: {} of {} bytes free, may write {} (reserve {}, max {}%)",
-        engine.disk_path,
+        engine.reserve.path,
         budget.available,
         budget.total,
         budget.allowance(),

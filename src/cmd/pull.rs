@@ -119,7 +119,7 @@ pub(super) fn cap_containerd_writes(
     if s.io_limits.is_empty() {
         return Ok(None);
     }
-    let root = std::path::Path::new(&engine.disk_path);
+    let root = std::path::Path::new(&engine.reserve.path);
     iocap::IoCap::apply(&s.socket, root, s.io_limits, &state)
         .map(Some)
         .inspect_err(

@@ -1,16 +1,17 @@
 //! The run: resolve and take stock of every image, plan, then pull each
 //! planned image under its lease and write its records.
 
-use super::blobs::{ArchiveSource, BlobSource, Opened, RegistrySource};
+use super::blobs::{ArchiveSource, BlobSource, RegistrySource};
+use super::fetch::{Fetcher, Reserve};
 use super::inventory::ContainerdStore;
 use super::planner::{PlannedImage, Planner, Sources};
-use super::resolve::{Resolved, Resolver, SmallBlob};
+use super::resolve::{Resolved, Resolver};
 use super::PullError;
 use crate::config::Unpack;
 use crate::config::{ImageEntry, Settings};
-use crate::containerd::{Containerd, Desc, WriteStart};
+use crate::containerd::Containerd;
 use crate::cri::Cri;
-use crate::disk::{DiskProbe, Statvfs};
+use crate::disk::Statvfs;
 use crate::labels::{self, MANAGED_LABEL, PINNED_LABEL, PREWARM_LABEL, PREWARM_PINNED_LABEL};
 use crate::plan::{self, Decision};
 use crate::reference::Reference;
@@ -26,12 +27,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-/// Write chunks to containerd in pieces of this size.
-const CHUNK: usize = 1 << 20;
-/// Check free space after this many bytes written.
-const DISK_CHECK_EVERY: u64 = 16 << 20;
-/// How often free space is read while containerd unpacks.
-const DISK_WATCH_INTERVAL: Duration = Duration::from_millis(200);
 /// How long CRI may take to notice new image records.
 const CRI_VISIBLE_WITHIN: Duration = Duration::from_secs(10);
 
@@ -44,9 +39,8 @@ pub struct Engine {
     pub snapshotter: String,
     /// What the store holds, read through the inventory's seam.
     store: ContainerdStore,
-    pub disk: Arc<dyn DiskProbe>,
-    /// Where the disk probe looks, for messages.
-    pub disk_path: String,
+    /// Free space that must stay free, and where it is read.
+    pub reserve: Reserve,
     pub bandwidth: Bandwidth,
     pub retry: Retry,
     /// Archives that images are imported from before the registry is asked.
@@ -94,7 +88,6 @@ impl Engine {
             .snapshotter
             .clone()
             .unwrap_or(image_fs.snapshotter.clone());
-        let disk_path = image_fs.mountpoint.display().to_string();
         Ok(Engine {
             store: ContainerdStore {
                 containerd: containerd.clone(),
@@ -110,8 +103,11 @@ impl Engine {
                     .and_then(std::num::NonZeroU64::new),
             )),
             retry: Retry::new(settings.retries),
-            disk: Arc::new(Statvfs(image_fs.mountpoint)),
-            disk_path,
+            reserve: Reserve {
+                path: image_fs.mountpoint.display().to_string(),
+                disk: Arc::new(Statvfs(image_fs.mountpoint)),
+                bytes: settings.reserve,
+            },
             settings,
             containerd,
             cri,
@@ -160,7 +156,16 @@ impl Engine {
             resolver: self.resolver(),
             sources,
             store: &self.store,
-            disk: self.disk.as_ref(),
+            disk: self.reserve.disk.as_ref(),
+        }
+    }
+
+    fn fetcher(&self) -> Fetcher<'_> {
+        Fetcher {
+            containerd: &self.containerd,
+            retry: &self.retry,
+            bandwidth: &self.bandwidth,
+            reserve: &self.reserve,
         }
     }
 
@@ -322,6 +327,7 @@ impl Engine {
         let lease = lease.to_string();
         let source = self.source_label(r);
 
+        let fetcher = self.fetcher();
         // Manifests and config, from memory, with their GC references.
         let mut manifest_labels = source.clone();
         manifest_labels.insert(labels::GC_REF_CONFIG.into(), r.config.desc.digest.clone());
@@ -331,9 +337,11 @@ impl Engine {
                 l.digest.clone(),
             );
         }
-        self.store_small("config", &r.config, &lease, source.clone())
+        fetcher
+            .store_small("config", &r.config, &lease, source.clone())
             .await?;
-        self.store_small("manifest", &r.manifest, &lease, manifest_labels)
+        fetcher
+            .store_small("manifest", &r.manifest, &lease, manifest_labels)
             .await?;
         if let Some(index) = &r.index {
             let mut labels = source.clone();
@@ -341,7 +349,7 @@ impl Engine {
                 format!("{}.m.0", labels::GC_REF_CONTENT),
                 r.manifest.desc.digest.clone(),
             );
-            self.store_small("index", index, &lease, labels).await?;
+            fetcher.store_small("index", index, &lease, labels).await?;
         }
 
         // Layers: downloads run ahead (bounded), unpacking follows in order.
@@ -349,7 +357,7 @@ impl Engine {
         let producer = async {
             let mut fetched = futures_util::stream::iter(r.layers.iter())
                 .map(|layer| {
-                    self.fetch_layer(
+                    fetcher.fetch_layer(
                         r.source.as_ref(),
                         &r.entry.reference,
                         layer,
@@ -392,7 +400,7 @@ impl Engine {
                 };
                 if !done {
                     self.unpack_pace.take(0).await;
-                    self.check_reserve(estimate)?;
+                    self.reserve.check(estimate)?;
                 }
                 let t0 = Instant::now();
                 // Already unpacked (checked above, under the lock): nothing
@@ -420,7 +428,7 @@ impl Engine {
                     );
                     tokio::select! {
                         unpacked = unpack => unpacked?,
-                        full = self.watch_reserve() => return Err(full),
+                        full = self.reserve.watch() => return Err(full),
                     }
                 };
                 if let Some(by) = by {
@@ -527,164 +535,6 @@ impl Engine {
             format!("{}{host}", labels::DISTRIBUTION_SOURCE),
             r.entry.reference.repository.clone(),
         )])
-    }
-
-    /// Stores an in-memory blob under its Go-client ref name.
-    async fn store_small(
-        &self,
-        kind: &str,
-        b: &SmallBlob,
-        lease: &str,
-        labels: HashMap<String, String>,
-    ) -> Result<(), PullError> {
-        let reference = format!("{kind}-{}", b.desc.digest);
-        self.retry
-            .run(
-                &format!("storing {reference}"),
-                PullError::is_retryable,
-                |_| {
-                    let labels = labels.clone();
-                    let reference = reference.clone();
-                    async move {
-                        match self
-                            .containerd
-                            .content_writer(&reference, &b.desc, lease)
-                            .await?
-                        {
-                            (WriteStart::Exists, _) | (_, None) => {
-                                self.containerd
-                                    .content_label(&b.desc.digest, labels)
-                                    .await?;
-                            }
-                            (WriteStart::At(_), Some(mut w)) => {
-                                w.write_at(0, b.bytes.to_vec()).await?;
-                                if let Err(e) = w.commit(labels).await {
-                                    self.containerd.content_abort(&reference).await?;
-                                    return Err(e.into());
-                                }
-                            }
-                        }
-                        Ok(())
-                    }
-                },
-            )
-            .await
-    }
-
-    /// Downloads a layer into the content store, resuming a partial ingest
-    /// with a Range request. Bytes received are added to `received`.
-    async fn fetch_layer(
-        &self,
-        source: &dyn BlobSource,
-        image: &Reference,
-        layer: &Desc,
-        lease: &str,
-        labels: HashMap<String, String>,
-        received: &AtomicU64,
-    ) -> Result<(), PullError> {
-        let reference = format!("layer-{}", layer.digest);
-        self.retry
-            .run(
-                &format!("fetching {reference}"),
-                PullError::is_retryable,
-                |_| {
-                    let labels = labels.clone();
-                    let reference = reference.clone();
-                    async move {
-                        let (start, writer) = self
-                            .containerd
-                            .content_writer(&reference, layer, lease)
-                            .await?;
-                        let mut w = match (start, writer) {
-                            (WriteStart::Exists, _) | (_, None) => {
-                                self.containerd.content_label(&layer.digest, labels).await?;
-                                return Ok(());
-                            }
-                            (WriteStart::At(_), Some(w)) => w,
-                        };
-                        let offset = w.offset();
-                        if offset < layer.size.max(0) as u64 {
-                            let Opened {
-                                start,
-                                mut stream,
-                                local,
-                            } = source.open(image, &layer.digest, offset).await?;
-                            if offset > 0 {
-                                tracing::info!(%reference, offset, start, "resuming layer");
-                            }
-                            let mut pos = start;
-                            let mut since_check = 0u64;
-                            let mut buf = Vec::with_capacity(CHUNK);
-                            loop {
-                                let next = stream.next().await;
-                                let done = next.is_none();
-                                if let Some(chunk) = next {
-                                    let chunk = chunk?;
-                                    if !local {
-                                        received.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-                                        self.bandwidth.take(chunk.len() as u64).await;
-                                    }
-                                    buf.extend_from_slice(&chunk);
-                                }
-                                if buf.len() >= CHUNK || (done && !buf.is_empty()) {
-                                    let len = buf.len() as u64;
-                                    w.write_at(
-                                        pos,
-                                        std::mem::replace(&mut buf, Vec::with_capacity(CHUNK)),
-                                    )
-                                    .await?;
-                                    pos += len;
-                                    since_check += len;
-                                    if since_check >= DISK_CHECK_EVERY {
-                                        since_check = 0;
-                                        self.check_reserve(0)?;
-                                    }
-                                }
-                                if done {
-                                    break;
-                                }
-                            }
-                        }
-                        tracing::debug!(%reference, "downloaded");
-                        if let Err(e) = w.commit(labels).await {
-                            // A digest or size mismatch: start that blob over.
-                            self.containerd.content_abort(&reference).await?;
-                            return Err(PullError::Blob {
-                                reference: image.to_string(),
-                                digest: layer.digest.clone(),
-                                message: format!("rejected at commit, will download again: {e}"),
-                            });
-                        }
-                        Ok(())
-                    }
-                },
-            )
-            .await
-    }
-
-    /// Fails when writing `more` bytes would leave less free space than
-    /// the reserve.
-    fn check_reserve(&self, more: u64) -> Result<(), PullError> {
-        let u = self.disk.usage()?;
-        if u.available < self.settings.reserve.saturating_add(more) {
-            return Err(PullError::DiskFull {
-                path: self.disk_path.clone(),
-                available: u.available,
-                more,
-                reserve: self.settings.reserve,
-            });
-        }
-        Ok(())
-    }
-
-    /// Resolves with an error once free space drops below the reserve.
-    async fn watch_reserve(&self) -> PullError {
-        loop {
-            tokio::time::sleep(DISK_WATCH_INTERVAL).await;
-            if let Err(e) = self.check_reserve(0) {
-                return e;
-            }
-        }
     }
 }
 

@@ -6,6 +6,7 @@
 
 pub mod blobs;
 pub mod engine;
+pub mod fetch;
 pub mod inventory;
 pub mod planner;
 pub mod resolve;

@@ -1,0 +1,204 @@
+//! Downloading an image's blobs into containerd's content store: the small
+//! ones from memory, layers streamed from their source under the bandwidth
+//! cap, resuming a partial ingest with a Range request, and never below
+//! the disk reserve.
+
+use super::blobs::{BlobSource, Opened};
+use super::resolve::SmallBlob;
+use super::PullError;
+use crate::containerd::{Containerd, Desc, WriteStart};
+use crate::disk::DiskProbe;
+use crate::reference::Reference;
+use crate::retry::Retry;
+use crate::throttle::Bandwidth;
+use futures_util::StreamExt;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Write chunks to containerd in pieces of this size.
+const CHUNK: usize = 1 << 20;
+/// Check free space after this many bytes written.
+const DISK_CHECK_EVERY: u64 = 16 << 20;
+/// How often free space is read while containerd unpacks.
+const DISK_WATCH_INTERVAL: Duration = Duration::from_millis(200);
+
+/// The free space a run must leave on the image filesystem.
+pub struct Reserve {
+    pub disk: Arc<dyn DiskProbe>,
+    /// Where the disk probe looks, for messages.
+    pub path: String,
+    /// Bytes that must stay free.
+    pub bytes: u64,
+}
+
+impl Reserve {
+    /// Fails when writing `more` bytes would leave less free space than
+    /// the reserve.
+    pub fn check(&self, more: u64) -> Result<(), PullError> {
+        let u = self.disk.usage()?;
+        if u.available < self.bytes.saturating_add(more) {
+            return Err(PullError::DiskFull {
+                path: self.path.clone(),
+                available: u.available,
+                more,
+                reserve: self.bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Resolves with an error once free space drops below the reserve.
+    pub async fn watch(&self) -> PullError {
+        loop {
+            tokio::time::sleep(DISK_WATCH_INTERVAL).await;
+            if let Err(e) = self.check(0) {
+                return e;
+            }
+        }
+    }
+}
+
+/// Writes blobs into the content store.
+pub struct Fetcher<'a> {
+    pub containerd: &'a Containerd,
+    pub retry: &'a Retry,
+    pub bandwidth: &'a Bandwidth,
+    pub reserve: &'a Reserve,
+}
+
+impl Fetcher<'_> {
+    /// Stores an in-memory blob under its Go-client ref name.
+    pub async fn store_small(
+        &self,
+        kind: &str,
+        b: &SmallBlob,
+        lease: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<(), PullError> {
+        let reference = format!("{kind}-{}", b.desc.digest);
+        self.retry
+            .run(
+                &format!("storing {reference}"),
+                PullError::is_retryable,
+                |_| {
+                    let labels = labels.clone();
+                    let reference = reference.clone();
+                    async move {
+                        match self
+                            .containerd
+                            .content_writer(&reference, &b.desc, lease)
+                            .await?
+                        {
+                            (WriteStart::Exists, _) | (_, None) => {
+                                self.containerd
+                                    .content_label(&b.desc.digest, labels)
+                                    .await?;
+                            }
+                            (WriteStart::At(_), Some(mut w)) => {
+                                w.write_at(0, b.bytes.to_vec()).await?;
+                                if let Err(e) = w.commit(labels).await {
+                                    self.containerd.content_abort(&reference).await?;
+                                    return Err(e.into());
+                                }
+                            }
+                        }
+                        Ok(())
+                    }
+                },
+            )
+            .await
+    }
+
+    /// Downloads a layer into the content store, resuming a partial ingest
+    /// with a Range request. Bytes received are added to `received`.
+    pub async fn fetch_layer(
+        &self,
+        source: &dyn BlobSource,
+        image: &Reference,
+        layer: &Desc,
+        lease: &str,
+        labels: HashMap<String, String>,
+        received: &AtomicU64,
+    ) -> Result<(), PullError> {
+        let reference = format!("layer-{}", layer.digest);
+        self.retry
+            .run(
+                &format!("fetching {reference}"),
+                PullError::is_retryable,
+                |_| {
+                    let labels = labels.clone();
+                    let reference = reference.clone();
+                    async move {
+                        let (start, writer) = self
+                            .containerd
+                            .content_writer(&reference, layer, lease)
+                            .await?;
+                        let mut w = match (start, writer) {
+                            (WriteStart::Exists, _) | (_, None) => {
+                                self.containerd.content_label(&layer.digest, labels).await?;
+                                return Ok(());
+                            }
+                            (WriteStart::At(_), Some(w)) => w,
+                        };
+                        let offset = w.offset();
+                        if offset < layer.size.max(0) as u64 {
+                            let Opened {
+                                start,
+                                mut stream,
+                                local,
+                            } = source.open(image, &layer.digest, offset).await?;
+                            if offset > 0 {
+                                tracing::info!(%reference, offset, start, "resuming layer");
+                            }
+                            let mut pos = start;
+                            let mut since_check = 0u64;
+                            let mut buf = Vec::with_capacity(CHUNK);
+                            loop {
+                                let next = stream.next().await;
+                                let done = next.is_none();
+                                if let Some(chunk) = next {
+                                    let chunk = chunk?;
+                                    if !local {
+                                        received.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                                        self.bandwidth.take(chunk.len() as u64).await;
+                                    }
+                                    buf.extend_from_slice(&chunk);
+                                }
+                                if buf.len() >= CHUNK || (done && !buf.is_empty()) {
+                                    let len = buf.len() as u64;
+                                    w.write_at(
+                                        pos,
+                                        std::mem::replace(&mut buf, Vec::with_capacity(CHUNK)),
+                                    )
+                                    .await?;
+                                    pos += len;
+                                    since_check += len;
+                                    if since_check >= DISK_CHECK_EVERY {
+                                        since_check = 0;
+                                        self.reserve.check(0)?;
+                                    }
+                                }
+                                if done {
+                                    break;
+                                }
+                            }
+                        }
+                        tracing::debug!(%reference, "downloaded");
+                        if let Err(e) = w.commit(labels).await {
+                            // A digest or size mismatch: start that blob over.
+                            self.containerd.content_abort(&reference).await?;
+                            return Err(PullError::Blob {
+                                reference: image.to_string(),
+                                digest: layer.digest.clone(),
+                                message: format!("rejected at commit, will download again: {e}"),
+                            });
+                        }
+                        Ok(())
+                    }
+                },
+            )
+            .await
+    }
+}
