@@ -16,6 +16,7 @@ use crate::extract::{self, ExtractError, Target, Whiteouts};
 use crate::manifest::{layer_compression, Compression};
 use crate::throttle::Bandwidth;
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use std::io::Read;
 use std::path::PathBuf;
@@ -50,26 +51,68 @@ impl UnpackError {
     }
 }
 
-/// Fills the prepared snapshot `mounts` with `layer`, the way `how` asks
-/// where the mounts allow it. Returns the diff ID of what was written and
-/// who wrote it.
-pub async fn apply(
-    c: &Containerd,
-    how: Unpack,
-    layer: &Desc,
-    mounts: Vec<Mount>,
-    lease: &str,
-    pace: &Arc<Bandwidth>,
-) -> Result<(String, Unpack), UnpackError> {
-    if how == Unpack::Prewarm {
-        if let Some(target) = target_of(&mounts) {
-            let diff_id = in_process(c, layer, target, pace.clone()).await?;
-            return Ok((diff_id, Unpack::Prewarm));
-        }
-        tracing::debug!(layer = %layer.digest, ?mounts, "not an overlayfs snapshot: containerd unpacks");
+/// Fills a prepared snapshot with a layer. Returns the diff ID of what was
+/// written and who wrote it; the caller checks the diff ID before the
+/// snapshot is committed.
+pub trait Unpacker: Send + Sync {
+    fn apply<'a>(
+        &'a self,
+        layer: &'a Desc,
+        mounts: Vec<Mount>,
+        lease: &'a str,
+    ) -> BoxFuture<'a, Result<(String, Unpack), UnpackError>>;
+}
+
+/// containerd's Diff service (`Diff.Apply`): any snapshotter.
+#[derive(Clone)]
+pub struct DiffService(pub Containerd);
+
+impl Unpacker for DiffService {
+    fn apply<'a>(
+        &'a self,
+        layer: &'a Desc,
+        mounts: Vec<Mount>,
+        lease: &'a str,
+    ) -> BoxFuture<'a, Result<(String, Unpack), UnpackError>> {
+        Box::pin(async move {
+            let diff_id = self.0.diff_apply(layer, mounts, lease).await?;
+            Ok((diff_id, Unpack::Containerd))
+        })
     }
-    let diff_id = c.diff_apply(layer, mounts, lease).await?;
-    Ok((diff_id, Unpack::Containerd))
+}
+
+/// prewarm's own extractor, where the mounts are ones it knows; the Diff
+/// service for any others. Its file writes are held to `pace`.
+pub struct InProcess {
+    pub diff: DiffService,
+    pub pace: Arc<Bandwidth>,
+}
+
+impl Unpacker for InProcess {
+    fn apply<'a>(
+        &'a self,
+        layer: &'a Desc,
+        mounts: Vec<Mount>,
+        lease: &'a str,
+    ) -> BoxFuture<'a, Result<(String, Unpack), UnpackError>> {
+        let Some(target) = target_of(&mounts) else {
+            tracing::debug!(layer = %layer.digest, ?mounts, "not an overlayfs snapshot: containerd unpacks");
+            return self.diff.apply(layer, mounts, lease);
+        };
+        Box::pin(async move {
+            let diff_id = in_process(&self.diff.0, layer, target, self.pace.clone()).await?;
+            Ok((diff_id, Unpack::Prewarm))
+        })
+    }
+}
+
+/// The unpacker `[pull] unpack` names.
+pub fn unpacker(how: Unpack, c: Containerd, pace: Arc<Bandwidth>) -> Box<dyn Unpacker> {
+    let diff = DiffService(c);
+    match how {
+        Unpack::Containerd => Box::new(diff),
+        Unpack::Prewarm => Box::new(InProcess { diff, pace }),
+    }
 }
 
 /// Where the in-process extractor writes, if the mounts are ones it knows.

@@ -19,6 +19,7 @@ use crate::registry::Registries;
 use crate::report::{ImageReport, ImageStatus, Report, Summary};
 use crate::retry::Retry;
 use crate::throttle::Bandwidth;
+use crate::unpack::Unpacker;
 use futures_util::future::LocalBoxFuture;
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
@@ -50,9 +51,9 @@ pub struct Engine {
     /// layer starts only once the bytes unpacked so far are back within
     /// the rate. Unlimited otherwise.
     pub unpack_pace: Bandwidth,
-    /// Holds prewarm's own writes (the in-process unpack) to
-    /// `write-bandwidth`.
-    pub write_pace: Arc<Bandwidth>,
+    /// Who fills the snapshots (`[pull] unpack`); prewarm's own writes
+    /// are held to `write-bandwidth`.
+    unpacker: Box<dyn Unpacker>,
     /// One lock per layer (chain ID) being unpacked.
     chain_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -96,12 +97,16 @@ impl Engine {
             bandwidth: Bandwidth::new(settings.bandwidth),
             unpack_pace: Bandwidth::new(None),
             chain_locks: Mutex::new(HashMap::new()),
-            write_pace: Arc::new(Bandwidth::new(
-                settings
-                    .io_limits
-                    .write_bps
-                    .and_then(std::num::NonZeroU64::new),
-            )),
+            unpacker: crate::unpack::unpacker(
+                settings.unpack,
+                containerd.clone(),
+                Arc::new(Bandwidth::new(
+                    settings
+                        .io_limits
+                        .write_bps
+                        .and_then(std::num::NonZeroU64::new),
+                )),
+            ),
             retry: Retry::new(settings.retries),
             reserve: Reserve {
                 path: image_fs.mountpoint.display().to_string(),
@@ -415,16 +420,7 @@ impl Engine {
                         chain,
                         &parent,
                         &lease,
-                        |mounts| {
-                            crate::unpack::apply(
-                                &self.containerd,
-                                self.settings.unpack,
-                                layer,
-                                mounts,
-                                &lease,
-                                &self.write_pace,
-                            )
-                        },
+                        |mounts| self.unpacker.apply(layer, mounts, &lease),
                     );
                     tokio::select! {
                         unpacked = unpack => unpacked?,
