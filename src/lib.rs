@@ -44,6 +44,7 @@ pub mod labels;
 pub mod manifest;
 pub mod node;
 pub mod plan;
+pub mod preload;
 pub mod pull;
 pub mod reference;
 pub mod registry;
@@ -57,9 +58,9 @@ pub mod time;
 pub mod unpack;
 
 use cli::Cli;
-pub use cmd::pull::iocap_state_path;
 pub use cmd::run;
 use config::{ConfigError, Settings};
+pub use preload::iocap_state_path;
 
 /// An error with its causes, `a: b: c`, each cause once, for reports and
 /// log lines.

@@ -18,7 +18,7 @@ macro_rules! out {
 mod boot;
 mod gc;
 mod plan;
-pub mod pull;
+mod pull;
 mod register;
 mod status;
 mod untaint;
@@ -58,30 +58,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Status => status::run(settings).await,
         Command::Gc { apply } => gc::run(settings, apply).await,
     }
-}
-
-/// Reads the `[[sources]]` lists into `settings.images` and connects the
-/// engine, with the archives found.
-async fn connect_with_lists(
-    mut settings: Settings,
-) -> anyhow::Result<(crate::pull::Engine, sources::Loaded)> {
-    let mut lists = sources::load(&settings).await;
-    settings.images = std::mem::take(&mut lists.images);
-    let mut engine = crate::pull::Engine::connect(settings).await?;
-    engine.archives = std::mem::take(&mut lists.archives);
-    Ok((engine, lists))
-}
-
-/// Exit 6 when a required list source failed, else `otherwise`.
-fn list_exit(lists: &sources::Loaded, otherwise: Exit) -> Exit {
-    let failed = lists.failed_required();
-    if failed.is_empty() {
-        return otherwise;
-    }
-    for f in failed {
-        tracing::error!(source = %f.name, "required image list unavailable: {}", f.note.as_deref().unwrap_or(""));
-    }
-    Exit::ListUnavailable
 }
 
 /// The node name from `[handoff] node-name`, else the hostname as kubelet

@@ -1,13 +1,12 @@
 //! `prewarm plan`: what a pull would do, written as a table. Writes nothing.
 
-use super::{connect_with_lists, list_exit};
 use crate::config::Settings;
 use crate::plan;
 use crate::Exit;
 
 pub(super) async fn run(settings: Settings) -> anyhow::Result<Exit> {
-    let (engine, lists) = connect_with_lists(settings).await?;
-    for s in &lists.reports {
+    let planned = crate::preload::plan(settings).await?;
+    for s in &planned.lists {
         out!(
             "list {} ({}): {:?}, {} entries{}",
             s.name,
@@ -20,11 +19,10 @@ pub(super) async fn run(settings: Settings) -> anyhow::Result<Exit> {
                 .unwrap_or_default()
         );
     }
-    let budget = engine.budget()?;
-    let items = engine.plan().await?;
+    let budget = &planned.budget;
     out!(
         "disk {}: {} of {} bytes free, may write {} (reserve {}, max {}%)",
-        engine.reserve.path,
+        planned.disk_path,
         budget.available,
         budget.total,
         budget.allowance(),
@@ -40,7 +38,7 @@ pub(super) async fn run(settings: Settings) -> anyhow::Result<Exit> {
         "digest",
         "moved"
     );
-    for (n, item) in items.iter().enumerate() {
+    for (n, item) in planned.images.iter().enumerate() {
         let (action, why) = match &item.decision {
             Ok(plan::Decision::Pull) => ("pull", String::new()),
             Ok(plan::Decision::Present) => ("present", String::new()),
@@ -71,5 +69,5 @@ pub(super) async fn run(settings: Settings) -> anyhow::Result<Exit> {
             why
         );
     }
-    Ok(list_exit(&lists, Exit::Ok))
+    Ok(planned.exit)
 }
