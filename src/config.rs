@@ -334,6 +334,17 @@ pub struct ImageEntry {
     pub key: String,
 }
 
+impl ImageEntry {
+    /// Takes in another entry for the same image, from another list or
+    /// by another name: the higher priority, required if either is. (A
+    /// later fragment's `[[images]]` entry for the same reference replaces
+    /// the earlier one instead, as every later fragment's key does.)
+    pub fn absorb(&mut self, other: &ImageEntry) {
+        self.priority = self.priority.max(other.priority);
+        self.required |= other.required;
+    }
+}
+
 /// How `untaint` hands the node over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HandoffMode {
@@ -482,18 +493,47 @@ pub struct RegisterSettings {
     pub rke2_config: PathBuf,
 }
 
-/// Validated settings for a run.
+/// Validated settings for a run, by section. Each consumer takes only its
+/// section.
 #[derive(Debug, Clone)]
 pub struct Settings {
+    pub containerd: ContainerdSettings,
+    pub registry: RegistrySettings,
+    pub pull: PullSettings,
+    pub throttle: ThrottleSettings,
+    pub disk: DiskSettings,
+    pub images: Vec<ImageEntry>,
+    /// Where more list entries come from (`[[sources]]`), in order.
+    pub list_sources: Vec<source::ListSource>,
+    pub handoff: Handoff,
+    pub register: RegisterSettings,
+    /// Every fragment read, in order.
+    pub sources: Vec<PathBuf>,
+    handoff_sources: HandoffSources,
+}
+
+/// `[containerd]`: which containerd, and how images are recorded in it.
+#[derive(Debug, Clone)]
+pub struct ContainerdSettings {
     pub socket: PathBuf,
     pub namespace: String,
     pub snapshotter: Option<String>,
     pub pin: bool,
     pub connect_timeout: Duration,
-    pub registry_config_path: Option<PathBuf>,
+}
+
+/// `[registry]`: the node's registry files and timeouts.
+#[derive(Debug, Clone)]
+pub struct RegistrySettings {
+    pub config_path: Option<PathBuf>,
     pub auth_file: Option<PathBuf>,
-    pub registry_connect_timeout: Duration,
-    pub registry_read_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+}
+
+/// `[pull]`: how a run pulls, and where it keeps its report and state.
+#[derive(Debug, Clone)]
+pub struct PullSettings {
     pub concurrency: NonZeroU32,
     pub layer_concurrency: NonZeroU32,
     /// Who writes the layers into the snapshots (`[pull] unpack`).
@@ -502,26 +542,28 @@ pub struct Settings {
     pub deadline: Duration,
     pub platform: crate::manifest::Platform,
     pub report: PathBuf,
-    pub bandwidth: Option<NonZeroU64>,
-    /// Cap on containerd's disk writes during the run.
-    pub io_limits: crate::iocap::IoLimits,
-    pub reserve: u64,
-    pub max_usage_percent: u8,
-    pub unpack_ratio: f64,
-    pub images: Vec<ImageEntry>,
-    /// Where more list entries come from (`[[sources]]`), in order.
-    pub list_sources: Vec<source::ListSource>,
     /// Refuse list entries that name a tag without a digest.
     pub require_digest: bool,
     /// Where prewarm keeps state across runs (cached lists).
     pub state_dir: PathBuf,
     /// Remove de-listed preloaded images at the end of `pull`.
     pub gc: bool,
-    pub handoff: Handoff,
-    pub register: RegisterSettings,
-    /// Every fragment read, in order.
-    pub sources: Vec<PathBuf>,
-    handoff_sources: HandoffSources,
+}
+
+/// `[throttle]`: the caps on the network and on containerd's writes.
+#[derive(Debug, Clone)]
+pub struct ThrottleSettings {
+    pub bandwidth: Option<NonZeroU64>,
+    /// Cap on containerd's disk writes during the run.
+    pub io_limits: crate::iocap::IoLimits,
+}
+
+/// `[disk]`: the disk budget.
+#[derive(Debug, Clone)]
+pub struct DiskSettings {
+    pub reserve: u64,
+    pub max_usage_percent: u8,
+    pub unpack_ratio: f64,
 }
 
 /// Which fragment set the `[handoff]` keys that are checked against each
@@ -834,32 +876,42 @@ impl Settings {
 
     fn defaults() -> Self {
         Settings {
-            socket: "/run/containerd/containerd.sock".into(),
-            namespace: "k8s.io".into(),
-            snapshotter: None,
-            pin: true,
-            connect_timeout: Duration::from_secs(10),
-            registry_config_path: Some("/etc/containerd/certs.d".into()),
-            auth_file: Some("/root/.docker/config.json".into()),
-            registry_connect_timeout: Duration::from_secs(10),
-            registry_read_timeout: Duration::from_secs(60),
-            concurrency: NonZeroU32::new(2).expect("2 is not zero"),
-            layer_concurrency: NonZeroU32::MIN,
-            unpack: Unpack::Containerd,
-            retries: 5,
-            deadline: Duration::from_secs(20 * 60),
-            platform: crate::manifest::host_platform(),
-            report: "/run/prewarm/report.json".into(),
-            bandwidth: None,
-            io_limits: Default::default(),
-            reserve: 10 << 30,
-            max_usage_percent: 80,
-            unpack_ratio: 2.5,
+            containerd: ContainerdSettings {
+                socket: "/run/containerd/containerd.sock".into(),
+                namespace: "k8s.io".into(),
+                snapshotter: None,
+                pin: true,
+                connect_timeout: Duration::from_secs(10),
+            },
+            registry: RegistrySettings {
+                config_path: Some("/etc/containerd/certs.d".into()),
+                auth_file: Some("/root/.docker/config.json".into()),
+                connect_timeout: Duration::from_secs(10),
+                read_timeout: Duration::from_secs(60),
+            },
+            pull: PullSettings {
+                concurrency: NonZeroU32::new(2).expect("2 is not zero"),
+                layer_concurrency: NonZeroU32::MIN,
+                unpack: Unpack::Containerd,
+                retries: 5,
+                deadline: Duration::from_secs(20 * 60),
+                platform: crate::manifest::host_platform(),
+                report: "/run/prewarm/report.json".into(),
+                require_digest: false,
+                state_dir: "/var/lib/prewarm".into(),
+                gc: false,
+            },
+            throttle: ThrottleSettings {
+                bandwidth: None,
+                io_limits: Default::default(),
+            },
+            disk: DiskSettings {
+                reserve: 10 << 30,
+                max_usage_percent: 80,
+                unpack_ratio: 2.5,
+            },
             images: Vec::new(),
             list_sources: Vec::new(),
-            require_digest: false,
-            state_dir: "/var/lib/prewarm".into(),
-            gc: false,
             handoff: Handoff {
                 mode: HandoffMode::Direct,
                 kubeconfig: PathBuf::new(),
@@ -912,7 +964,7 @@ impl Settings {
         }
         let c = raw.containerd;
         if let Some(v) = c.socket {
-            self.socket = v;
+            self.containerd.socket = v;
         }
         if let Some(v) = c.namespace {
             if v.is_empty() {
@@ -922,39 +974,39 @@ impl Settings {
                     "must not be empty (kubelet uses \"k8s.io\")",
                 ));
             }
-            self.namespace = v;
+            self.containerd.namespace = v;
         }
         if let Some(v) = c.snapshotter {
-            self.snapshotter = Some(v);
+            self.containerd.snapshotter = Some(v);
         }
         if let Some(v) = c.pin {
-            self.pin = v;
+            self.containerd.pin = v;
         }
         if let Some(v) = c.connect_timeout {
-            self.connect_timeout = v.0;
+            self.containerd.connect_timeout = v.0;
         }
         let r = raw.registry;
         if let Some(v) = r.config_path {
-            self.registry_config_path = (!v.as_os_str().is_empty()).then_some(v);
+            self.registry.config_path = (!v.as_os_str().is_empty()).then_some(v);
         }
         if let Some(v) = r.auth_file {
-            self.auth_file = (!v.as_os_str().is_empty()).then_some(v);
+            self.registry.auth_file = (!v.as_os_str().is_empty()).then_some(v);
         }
         if let Some(v) = r.connect_timeout {
-            self.registry_connect_timeout = v.0;
+            self.registry.connect_timeout = v.0;
         }
         if let Some(v) = r.read_timeout {
-            self.registry_read_timeout = v.0;
+            self.registry.read_timeout = v.0;
         }
         let p = raw.pull;
         if let Some(v) = p.concurrency {
-            self.concurrency = v;
+            self.pull.concurrency = v;
         }
         if let Some(v) = p.layer_concurrency {
-            self.layer_concurrency = v;
+            self.pull.layer_concurrency = v;
         }
         if let Some(v) = p.unpack {
-            self.unpack = match [Unpack::Containerd, Unpack::Prewarm]
+            self.pull.unpack = match [Unpack::Containerd, Unpack::Prewarm]
                 .into_iter()
                 .find(|u| u.as_str() == v)
             {
@@ -969,19 +1021,20 @@ impl Settings {
             };
         }
         if let Some(v) = p.retries {
-            self.retries = v;
+            self.pull.retries = v;
         }
         if let Some(v) = p.deadline {
-            self.deadline = v.0;
+            self.pull.deadline = v.0;
         }
         if let Some(v) = p.platform {
-            self.platform = parse_platform(&v).map_err(|m| invalid(path, "pull.platform", m))?;
+            self.pull.platform =
+                parse_platform(&v).map_err(|m| invalid(path, "pull.platform", m))?;
         }
         if let Some(v) = p.report {
-            self.report = v;
+            self.pull.report = v;
         }
         if let Some(v) = p.require_digest {
-            self.require_digest = v;
+            self.pull.require_digest = v;
         }
         if let Some(v) = p.state_dir {
             if !v.is_absolute() {
@@ -991,23 +1044,23 @@ impl Settings {
                     format!("{} is not an absolute path", v.display()),
                 ));
             }
-            self.state_dir = v;
+            self.pull.state_dir = v;
         }
         if let Some(v) = p.gc {
-            self.gc = v;
+            self.pull.gc = v;
         }
         if let Some(v) = raw.throttle.bandwidth {
-            self.bandwidth = Some(v.0);
+            self.throttle.bandwidth = Some(v.0);
         }
         if let Some(v) = raw.throttle.write_bandwidth {
-            self.io_limits.write_bps = Some(v.0.get());
+            self.throttle.io_limits.write_bps = Some(v.0.get());
         }
         if let Some(v) = raw.throttle.write_iops {
-            self.io_limits.write_iops = Some(v.get());
+            self.throttle.io_limits.write_iops = Some(v.get());
         }
         let d = raw.disk;
         if let Some(v) = d.reserve {
-            self.reserve = v.0;
+            self.disk.reserve = v.0;
         }
         if let Some(v) = d.max_usage_percent {
             if !(1..=100).contains(&v) {
@@ -1017,7 +1070,7 @@ impl Settings {
                     format!("{v} is not between 1 and 100"),
                 ));
             }
-            self.max_usage_percent = v;
+            self.disk.max_usage_percent = v;
         }
         if let Some(v) = d.unpack_ratio {
             if !(1.0..=100.0).contains(&v) {
@@ -1027,7 +1080,7 @@ impl Settings {
                     format!("{v} is not between 1.0 and 100.0"),
                 ));
             }
-            self.unpack_ratio = v;
+            self.disk.unpack_ratio = v;
         }
         self.apply_handoff(path, raw.handoff)?;
         self.apply_register(path, raw.register)?;
@@ -1080,7 +1133,7 @@ impl Settings {
     /// Checks made once every fragment is merged: `require-digest`
     /// applies to entries listed before the fragment that set it.
     fn check_merged(&self) -> Result<(), ConfigError> {
-        if self.require_digest {
+        if self.pull.require_digest {
             if let Some(e) = self.images.iter().find(|e| e.reference.digest.is_none()) {
                 let key = if e.key.starts_with('-') {
                     e.key.clone()
@@ -1097,6 +1150,8 @@ impl Settings {
         Ok(())
     }
 
+    /// A later fragment's entry for the same reference replaces the
+    /// earlier one.
     fn add_image(&mut self, entry: ImageEntry) {
         match self
             .images
@@ -1284,16 +1339,17 @@ impl Settings {
             );
         }
         if let Some(v) = &o.socket {
-            self.socket = v.clone();
+            self.containerd.socket = v.clone();
         }
         if let Some(v) = &o.report {
-            self.report = v.clone();
+            self.pull.report = v.clone();
         }
         if let Some(v) = &o.bandwidth {
-            self.bandwidth = Some(parse_rate(v).map_err(|m| invalid(flags, "--bandwidth", m))?);
+            self.throttle.bandwidth =
+                Some(parse_rate(v).map_err(|m| invalid(flags, "--bandwidth", m))?);
         }
         if let Some(v) = o.concurrency {
-            self.concurrency = v;
+            self.pull.concurrency = v;
         }
         for r in &o.images {
             let reference =
@@ -1358,7 +1414,7 @@ mod tests {
             },
         )
         .unwrap();
-        assert_eq!(s.concurrency.get(), 4);
+        assert_eq!(s.pull.concurrency.get(), 4);
         assert_eq!(s.images.len(), 2);
         assert_eq!(s.images[0].priority, 7);
         assert_eq!(
@@ -1366,7 +1422,7 @@ mod tests {
             PathBuf::from("/etc/prewarm/config.d/50-site.toml")
         );
         assert!(s.images[1].required);
-        assert_eq!(s.bandwidth.unwrap().get(), 20 << 20);
+        assert_eq!(s.throttle.bandwidth.unwrap().get(), 20 << 20);
     }
 
     #[test]
@@ -1405,7 +1461,10 @@ mod tests {
             ),
         ];
         let s = load_str(&frags, &Overrides::default()).unwrap();
-        assert!(s.require_digest && s.pin, "pin is on by default");
+        assert!(
+            s.pull.require_digest && s.containerd.pin,
+            "pin is on by default"
+        );
         assert_eq!(s.list_sources.len(), 3);
         assert!(matches!(s.list_sources[0].kind, SourceKind::Archive { .. }));
         assert!(s.list_sources[0].required);

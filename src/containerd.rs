@@ -125,8 +125,13 @@ pub struct ContentWriter {
 }
 
 impl Containerd {
-    /// Connects to the socket, with a bound.
-    pub async fn connect(
+    /// Connects as `[containerd]` says.
+    pub async fn connect(c: &crate::config::ContainerdSettings) -> Result<Self, ContainerdError> {
+        Self::connect_to(&c.socket, &c.namespace, c.connect_timeout).await
+    }
+
+    /// Connects to the socket in `namespace`, waiting at most `timeout`.
+    pub async fn connect_to(
         socket: &Path,
         namespace: &str,
         timeout: Duration,

@@ -53,7 +53,7 @@ pub async fn pull(
     stop: impl std::future::Future<Output = String>,
 ) -> anyhow::Result<Outcome> {
     let started = Instant::now();
-    let report_path = settings.report.clone();
+    let report_path = settings.pull.report.clone();
     let (mut engine, lists) = connect_with_lists(settings).await?;
     let io_cap = cap_containerd_writes(&engine);
     // Where the kernel cannot hold containerd's unpack writes to the cap
@@ -64,6 +64,7 @@ pub async fn pull(
     };
     let pace = engine
         .settings
+        .throttle
         .io_limits
         .write_bps
         .and_then(std::num::NonZeroU64::new)
@@ -73,7 +74,7 @@ pub async fn pull(
     report.io_cap = match io_cap {
         Ok(None) => None,
         Ok(Some(cap)) => {
-            let described = cap.describe(engine.settings.io_limits);
+            let described = cap.describe(engine.settings.throttle.io_limits);
             if let Err(e) = cap.restore() {
                 tracing::error!(error = %e, "restoring containerd's IO limits");
             }
@@ -82,15 +83,15 @@ pub async fn pull(
         Err(e) => Some(IoCapReport {
             cgroup: String::new(),
             device: String::new(),
-            write_bps: engine.settings.io_limits.write_bps,
-            write_iops: engine.settings.io_limits.write_iops,
+            write_bps: engine.settings.throttle.io_limits.write_bps,
+            write_iops: engine.settings.throttle.io_limits.write_iops,
             note: Some(match pace {
                 Some(_) => format!("not applied: {}; {}", error_chain(&e), iocap::PACED_NOTE),
                 None => format!("not applied: {}", error_chain(&e)),
             }),
         }),
     };
-    if engine.settings.unpack == crate::config::Unpack::Prewarm {
+    if engine.settings.pull.unpack == crate::config::Unpack::Prewarm {
         // Those writes are prewarm's: no cap on containerd holds them.
         if let Some(cap) = report.io_cap.as_mut().filter(|c| c.write_bps.is_some()) {
             let own = "layers prewarm unpacks itself are written at write-bandwidth, by prewarm \
@@ -153,7 +154,7 @@ async fn unpin_delisted(
     if report.interrupted.is_some() {
         return None;
     }
-    let mode = if engine.settings.gc {
+    let mode = if engine.settings.pull.gc {
         gc::Mode::Apply
     } else {
         gc::Mode::UnpinOnly
@@ -175,11 +176,11 @@ fn cap_containerd_writes(engine: &Engine) -> Result<Option<iocap::IoCap>, iocap:
     let s = &engine.settings;
     let state = iocap_state_path(s);
     iocap::recover(&state)?;
-    if s.io_limits.is_empty() {
+    if s.throttle.io_limits.is_empty() {
         return Ok(None);
     }
     let root = std::path::Path::new(&engine.reserve.path);
-    iocap::IoCap::apply(&s.socket, root, s.io_limits, &state)
+    iocap::IoCap::apply(&s.containerd.socket, root, s.throttle.io_limits, &state)
         .map(Some)
         .inspect_err(
             |e| tracing::error!(error = %e, "capping containerd's writes; pulling without the cap"),
@@ -190,7 +191,8 @@ fn cap_containerd_writes(engine: &Engine) -> Result<Option<iocap::IoCap>, iocap:
 /// to the report, under /run, so a reboot (which resets cgroups) forgets
 /// them too.
 pub fn iocap_state_path(s: &Settings) -> std::path::PathBuf {
-    s.report
+    s.pull
+        .report
         .parent()
         .unwrap_or(std::path::Path::new("/run/prewarm"))
         .join("iocap-state.json")

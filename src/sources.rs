@@ -187,10 +187,7 @@ pub fn parse_list(
 /// higher priority, required if either is.
 pub fn merge_into(list: &mut Vec<ImageEntry>, entry: ImageEntry) {
     match list.iter_mut().find(|e| e.reference == entry.reference) {
-        Some(e) => {
-            e.priority = e.priority.max(entry.priority);
-            e.required |= entry.required;
-        }
+        Some(e) => e.absorb(&entry),
         None => list.push(entry),
     }
 }
@@ -232,7 +229,7 @@ pub async fn load(s: &crate::config::Settings) -> Loaded {
             note: None,
         };
         let entries = match &src.kind {
-            SourceKind::File { path } => read_file(src, path, s.require_digest),
+            SourceKind::File { path } => read_file(src, path, s.pull.require_digest),
             SourceKind::Url { url, checksum, ca } => {
                 let fetched =
                     tokio::time::timeout(src.timeout, fetch_checked(url, checksum, ca.as_deref()));
@@ -354,7 +351,7 @@ pub fn check_local(s: &crate::config::Settings) -> Result<usize, SourceError> {
     let mut n = 0;
     for src in &s.list_sources {
         match &src.kind {
-            SourceKind::File { path } => n += read_file(src, path, s.require_digest)?.len(),
+            SourceKind::File { path } => n += read_file(src, path, s.pull.require_digest)?.len(),
             SourceKind::Archive { path } => {
                 for a in Archive::open_all(path).map_err(|e| SourceError::Read {
                     list: src.name.clone(),
@@ -380,7 +377,7 @@ fn read_remote(
     s: &crate::config::Settings,
     report: &mut SourceReport,
 ) -> Result<Vec<ImageEntry>, SourceError> {
-    let Some(cache) = cache_path(&s.state_dir, &src.kind) else {
+    let Some(cache) = cache_path(&s.pull.state_dir, &src.kind) else {
         return Err(SourceError::Read {
             list: src.name.clone(),
             message: "not a remote source".into(),
@@ -389,8 +386,8 @@ fn read_remote(
     let fresh = fetched.and_then(|body| {
         let text =
             String::from_utf8(body.clone()).map_err(|_| "the list is not UTF-8".to_string())?;
-        let entries =
-            parse_list(src, origin, &text, s.require_digest).map_err(|e| crate::error_chain(&e))?;
+        let entries = parse_list(src, origin, &text, s.pull.require_digest)
+            .map_err(|e| crate::error_chain(&e))?;
         Ok((body, entries))
     });
     match fresh {
@@ -401,7 +398,7 @@ fn read_remote(
             }
             Ok(entries)
         }
-        Err(why) => match read_cache(src, &cache, fixed_sha256, origin, s.require_digest) {
+        Err(why) => match read_cache(src, &cache, fixed_sha256, origin, s.pull.require_digest) {
             Ok((sha, entries)) => {
                 let note = format!(
                     "{why}; using the last good copy cached at {}",

@@ -221,7 +221,7 @@ fn unit_key(path: &str, key: &str) -> Duration {
 fn unit_timeouts_cover_the_pull_deadline() {
     let slack = Duration::from_secs(5 * 60);
     let s = load_str(&[images_fragment()], &Overrides::default()).unwrap();
-    let deadline = s.deadline;
+    let deadline = s.pull.deadline;
     let start = unit_key("packaging/systemd/prewarm.service", "TimeoutStartSec");
     assert!(
         start >= deadline + slack,

@@ -10,12 +10,7 @@ pub(super) async fn run(settings: Settings, apply: bool) -> anyhow::Result<Exit>
         // Whatever a failed list names would look de-listed.
         return Err(sources::Incomplete::of(&lists).into());
     }
-    let c = containerd::Containerd::connect(
-        &settings.socket,
-        &settings.namespace,
-        settings.connect_timeout,
-    )
-    .await?;
+    let c = containerd::Containerd::connect(&settings.containerd).await?;
     let mode = if apply {
         gc::Mode::Apply
     } else {

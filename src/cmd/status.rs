@@ -11,12 +11,7 @@ pub(super) async fn run(settings: Settings) -> anyhow::Result<Exit> {
     let lists = sources::load(&settings).await;
     let required: Vec<bool> = lists.images.iter().map(|e| e.required).collect();
     let images = lists.images.clone();
-    let c = containerd::Containerd::connect(
-        &settings.socket,
-        &settings.namespace,
-        settings.connect_timeout,
-    )
-    .await?;
+    let c = containerd::Containerd::connect(&settings.containerd).await?;
     let cri = cri::Cri::new(c.channel());
     // Only records are read: the snapshotter is never asked.
     let store = crate::pull::inventory::ContainerdStore {

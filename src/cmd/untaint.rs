@@ -46,7 +46,7 @@ pub(super) async fn run(settings: Settings) -> anyhow::Result<Exit> {
         api: &api,
         handoff: h,
         node: name,
-        report: settings.report.clone(),
+        report: settings.pull.report.clone(),
         retry: retry::Retry::new(u32::MAX),
         conflict_retries: 10,
     };

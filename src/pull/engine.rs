@@ -65,27 +65,23 @@ impl Engine {
         // The registry side is configuration only: check it before any
         // daemon is contacted.
         let registries = Registries::new(crate::registry::RegistryOptions {
-            config_path: settings.registry_config_path.clone(),
-            auth_file: settings.auth_file.clone(),
-            connect_timeout: settings.registry_connect_timeout,
-            read_timeout: settings.registry_read_timeout,
+            config_path: settings.registry.config_path.clone(),
+            auth_file: settings.registry.auth_file.clone(),
+            connect_timeout: settings.registry.connect_timeout,
+            read_timeout: settings.registry.read_timeout,
             user_agent: format!("prewarm/{}", env!("CARGO_PKG_VERSION")),
         })?;
         registries.check_hosts(settings.images.iter().map(|i| i.reference.domain.as_str()))?;
-        let containerd = Containerd::connect(
-            &settings.socket,
-            &settings.namespace,
-            settings.connect_timeout,
-        )
-        .await?;
+        let containerd = Containerd::connect(&settings.containerd).await?;
         let cri = Cri::new(containerd.channel());
         let image_fs = cri.image_fs().await.with_context(|| {
             format!(
                 "asking CRI on {} for the image filesystem",
-                settings.socket.display()
+                settings.containerd.socket.display()
             )
         })?;
         let snapshotter = settings
+            .containerd
             .snapshotter
             .clone()
             .unwrap_or(image_fs.snapshotter.clone());
@@ -94,24 +90,25 @@ impl Engine {
                 containerd: containerd.clone(),
                 snapshotter: snapshotter.clone(),
             },
-            bandwidth: Bandwidth::new(settings.bandwidth),
+            bandwidth: Bandwidth::new(settings.throttle.bandwidth),
             unpack_pace: Bandwidth::new(None),
             chain_locks: Mutex::new(HashMap::new()),
             unpacker: crate::unpack::unpacker(
-                settings.unpack,
+                settings.pull.unpack,
                 containerd.clone(),
                 Arc::new(Bandwidth::new(
                     settings
+                        .throttle
                         .io_limits
                         .write_bps
                         .and_then(std::num::NonZeroU64::new),
                 )),
             ),
-            retry: Retry::new(settings.retries),
+            retry: Retry::new(settings.pull.retries),
             reserve: Reserve {
                 path: image_fs.mountpoint.display().to_string(),
                 disk: Arc::new(Statvfs(image_fs.mountpoint)),
-                bytes: settings.reserve,
+                bytes: settings.disk.reserve,
             },
             settings,
             containerd,
@@ -126,8 +123,8 @@ impl Engine {
     pub fn resolver(&self) -> Resolver<'_> {
         Resolver {
             retry: &self.retry,
-            platform: &self.settings.platform,
-            unpack_ratio: self.settings.unpack_ratio,
+            platform: &self.settings.pull.platform,
+            unpack_ratio: self.settings.disk.unpack_ratio,
         }
     }
 
@@ -195,8 +192,8 @@ impl Engine {
         let (images, interrupted) = run_bounded(
             &self.planner(&sources),
             self,
-            self.settings.concurrency.get() as usize,
-            self.settings.deadline,
+            self.settings.pull.concurrency.get() as usize,
+            self.settings.pull.deadline,
             stop,
         )
         .await;
@@ -205,9 +202,9 @@ impl Engine {
             version: 1,
             started_at,
             finished_at: crate::time::rfc3339(std::time::SystemTime::now()),
-            platform: self.settings.platform.to_string(),
+            platform: self.settings.pull.platform.to_string(),
             snapshotter: self.snapshotter.clone(),
-            bandwidth: self.settings.bandwidth.map(|b| b.get()),
+            bandwidth: self.settings.throttle.bandwidth.map(|b| b.get()),
             interrupted,
             io_cap: None,
             sources: Vec::new(),
@@ -296,7 +293,10 @@ impl Engine {
         let lease = lease_id(&name, &r.top().desc.digest);
         let resumed = self
             .containerd
-            .lease_create(&lease, self.settings.deadline + Duration::from_secs(3600))
+            .lease_create(
+                &lease,
+                self.settings.pull.deadline + Duration::from_secs(3600),
+            )
             .await?;
         if resumed {
             tracing::info!(image = %name, %lease, "resuming under an existing lease");
@@ -371,7 +371,7 @@ impl Engine {
                         downloaded,
                     )
                 })
-                .buffered(self.settings.layer_concurrency.get() as usize);
+                .buffered(self.settings.pull.layer_concurrency.get() as usize);
             while let Some(result) = fetched.next().await {
                 if tx.send(result).await.is_err() {
                     break;
@@ -401,7 +401,7 @@ impl Engine {
                 let estimate = if done {
                     0
                 } else {
-                    r.layer_unpacked(i, self.settings.unpack_ratio)
+                    r.layer_unpacked(i, self.settings.disk.unpack_ratio)
                 };
                 if !done {
                     self.unpack_pace.take(0).await;
@@ -483,7 +483,7 @@ impl Engine {
 
         // Records last, once everything they point at exists.
         let mut labels = HashMap::from([(MANAGED_LABEL.to_string(), "managed".to_string())]);
-        if self.settings.pin {
+        if self.settings.containerd.pin {
             labels.insert(PINNED_LABEL.into(), "pinned".into());
             labels.insert(PREWARM_PINNED_LABEL.into(), "true".into());
         }

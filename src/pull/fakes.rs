@@ -247,7 +247,7 @@ impl World {
         )
         .unwrap_or_else(|e| panic!("{}", crate::error_chain(&e)));
         World {
-            retry: crate::retry::Retry::new(settings.retries),
+            retry: crate::retry::Retry::new(settings.pull.retries),
             settings,
             registry: std::sync::Arc::new(registry),
             store: FakeStore::default(),
@@ -272,8 +272,8 @@ impl World {
             settings: &self.settings,
             resolver: super::resolve::Resolver {
                 retry: &self.retry,
-                platform: &self.settings.platform,
-                unpack_ratio: self.settings.unpack_ratio,
+                platform: &self.settings.pull.platform,
+                unpack_ratio: self.settings.disk.unpack_ratio,
             },
             sources,
             store: &self.store,

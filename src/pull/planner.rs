@@ -45,14 +45,14 @@ impl Planner<'_> {
         Ok(Budget {
             total: u.total,
             available: u.available,
-            reserve: self.settings.reserve,
-            max_usage_percent: self.settings.max_usage_percent,
+            reserve: self.settings.disk.reserve,
+            max_usage_percent: self.settings.disk.max_usage_percent,
         })
     }
 
     /// Resolves every listed image and checks which are present.
     async fn prepare(&self) -> Vec<Prepared> {
-        let n = self.settings.concurrency.get() as usize * 2;
+        let n = self.settings.pull.concurrency.get() as usize * 2;
         let prepared = futures_util::stream::iter(self.settings.images.iter())
             .map(|entry| async move {
                 let source = (self.sources)(&entry.reference);
@@ -64,7 +64,7 @@ impl Planner<'_> {
                     Ok(h) => h,
                     Err(e) => return Prepared::Failed(crate::error_chain(&e)),
                 };
-                match inventory::is_present(self.store, &r, self.settings.pin).await {
+                match inventory::is_present(self.store, &r, self.settings.containerd.pin).await {
                     Ok(present) => {
                         if !present {
                             self.resolver.read_unpacked_sizes(&mut r).await;
@@ -96,7 +96,7 @@ impl Planner<'_> {
     }
 
     fn decide(&self, prepared: Vec<Prepared>, budget: Budget) -> Vec<PlannedImage> {
-        let ratio = self.settings.unpack_ratio;
+        let ratio = self.settings.disk.unpack_ratio;
         let candidates: Vec<Candidate> = prepared
             .iter()
             .enumerate()
@@ -146,16 +146,11 @@ impl Planner<'_> {
 /// is planned once, with the higher priority, required if either is.
 fn merge_same_images(mut prepared: Vec<Prepared>) -> Vec<Prepared> {
     for i in 0..prepared.len() {
-        let (name, tag, digest, priority, required) = match &prepared[i] {
-            Prepared::Ready { r, .. } => (
-                r.entry.reference.name(),
-                r.entry.reference.tag.clone(),
-                r.top().desc.digest.clone(),
-                r.entry.priority,
-                r.entry.required,
-            ),
+        let (entry, digest) = match &prepared[i] {
+            Prepared::Ready { r, .. } => (r.entry.clone(), r.top().desc.digest.clone()),
             _ => continue,
         };
+        let (name, tag) = (entry.reference.name(), &entry.reference.tag);
         let target = prepared.iter().enumerate().position(|(j, p)| match p {
             Prepared::Ready { r, .. } => {
                 let e = &r.entry.reference;
@@ -163,15 +158,14 @@ fn merge_same_images(mut prepared: Vec<Prepared>) -> Vec<Prepared> {
                     && e.name() == name
                     && r.top().desc.digest == digest
                     && e.tag.is_some()
-                    && (tag.is_none() || e.tag == tag)
+                    && (tag.is_none() || &e.tag == tag)
             }
             _ => false,
         });
         if let Some(j) = target {
             if let Prepared::Ready { r, .. } = &mut prepared[j] {
                 tracing::info!(image = %r.entry.reference, %digest, "listed twice (by tag and by digest); planned once");
-                r.entry.priority = r.entry.priority.max(priority);
-                r.entry.required |= required;
+                r.entry.absorb(&entry);
             }
             prepared[i] = Prepared::Same;
         }

@@ -113,7 +113,7 @@ impl Env {
     }
 
     pub async fn client(&self) -> Client {
-        Client::connect(&self.containerd.socket, "k8s.io", Duration::from_secs(10))
+        Client::connect_to(&self.containerd.socket, "k8s.io", Duration::from_secs(10))
             .await
             .expect("connecting to test containerd")
     }
