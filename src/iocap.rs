@@ -269,6 +269,52 @@ fn systemctl(args: &[String]) -> Result<String, IoCapError> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// `systemctl show` output as (property, value) pairs: one line per entry,
+/// so a property with limits on two devices comes twice.
+fn parse_show(shown: &str) -> Vec<(String, String)> {
+    shown
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// `systemctl set-property` arguments that put `limits` on `device` of
+/// `unit`, lifting a `None` limit on it.
+fn set_args(unit: &str, device: DevNum, limits: IoLimits) -> Vec<String> {
+    let node = format!("/dev/block/{device}");
+    let prop = |name: &str, v: Option<u64>| match v {
+        Some(n) => format!("{name}={node} {n}"),
+        None => format!("{name}="),
+    };
+    vec![
+        "set-property".into(),
+        "--runtime".into(),
+        unit.to_string(),
+        prop(SD_BPS, limits.write_bps),
+        prop(SD_IOPS, limits.write_iops),
+    ]
+}
+
+/// `systemctl set-property` arguments that put back what `systemctl show`
+/// gave: each property reset once (an empty assignment), then each of its
+/// entries, for every device.
+fn restore_args(unit: &str, previous: &[(String, String)]) -> Vec<String> {
+    let mut args = vec!["set-property".into(), "--runtime".into(), unit.to_string()];
+    let mut reset = std::collections::BTreeSet::new();
+    for (k, _) in previous {
+        if reset.insert(k.as_str()) {
+            args.push(format!("{k}="));
+        }
+    }
+    for (k, v) in previous {
+        for entry in v.split(';').map(str::trim).filter(|e| !e.is_empty()) {
+            args.push(format!("{k}={entry}"));
+        }
+    }
+    args
+}
+
 /// Reads what is in force now on `target` for `device`.
 pub fn read_current(target: &Target, device: DevNum) -> Result<Saved, IoCapError> {
     let (previous, systemd_previous) = match target {
@@ -287,11 +333,7 @@ pub fn read_current(target: &Target, device: DevNum) -> Result<Saved, IoCapError
                 format!("--property={SD_IOPS}"),
                 unit.clone(),
             ])?;
-            let props = shown
-                .lines()
-                .filter_map(|l| l.split_once('='))
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect();
+            let props = parse_show(&shown);
             let limits = read(&dir.join("io.max"))
                 .map(|t| v2_limits(&t, device))
                 .unwrap_or_default();
@@ -321,21 +363,7 @@ pub fn write_limits(target: &Target, device: DevNum, limits: IoLimits) -> Result
             )
         }
         Target::V2 { dir } => write(&dir.join("io.max"), &v2_line(device, limits)),
-        Target::Systemd { unit, .. } => {
-            let node = format!("/dev/block/{device}");
-            let prop = |name: &str, v: Option<u64>| match v {
-                Some(n) => format!("{name}={node} {n}"),
-                None => format!("{name}="),
-            };
-            systemctl(&[
-                "set-property".into(),
-                "--runtime".into(),
-                unit.clone(),
-                prop(SD_BPS, limits.write_bps),
-                prop(SD_IOPS, limits.write_iops),
-            ])
-            .map(drop)
-        }
+        Target::Systemd { unit, .. } => systemctl(&set_args(unit, device, limits)).map(drop),
     }
 }
 
@@ -343,15 +371,7 @@ pub fn write_limits(target: &Target, device: DevNum, limits: IoLimits) -> Result
 pub fn restore(saved: &Saved) -> Result<(), IoCapError> {
     match &saved.target {
         Target::Systemd { unit, .. } if !saved.systemd_previous.is_empty() => {
-            let mut args = vec!["set-property".into(), "--runtime".into(), unit.clone()];
-            // An empty assignment resets the list; then each previous entry.
-            for (k, v) in &saved.systemd_previous {
-                args.push(format!("{k}="));
-                for entry in v.split(';').map(str::trim).filter(|e| !e.is_empty()) {
-                    args.push(format!("{k}={entry}"));
-                }
-            }
-            systemctl(&args).map(drop)
+            systemctl(&restore_args(unit, &saved.systemd_previous)).map(drop)
         }
         t => write_limits(t, saved.device, saved.previous),
     }
@@ -525,6 +545,108 @@ mod tests {
                 }
             ),
             "254:0 wbps=5 wiops=max"
+        );
+    }
+
+    #[test]
+    fn a_v2_cap_is_written_and_restored() {
+        let dir = tempfile::tempdir().unwrap();
+        let io_max = dir.path().join("io.max");
+        let before = "8:0 rbps=max wbps=7 riops=max wiops=max\n254:0 rbps=max wbps=1000 riops=max wiops=max\n";
+        std::fs::write(&io_max, before).unwrap();
+        let target = Target::V2 {
+            dir: dir.path().to_path_buf(),
+        };
+        let saved = read_current(&target, VDA).unwrap();
+        assert_eq!(
+            saved.previous,
+            IoLimits {
+                write_bps: Some(1000),
+                write_iops: None
+            }
+        );
+        let cap = IoLimits {
+            write_bps: Some(5 << 20),
+            write_iops: Some(300),
+        };
+        write_limits(&target, VDA, cap).unwrap();
+        // The kernel's io.max takes one device's line per write.
+        let written = std::fs::read_to_string(&io_max).unwrap();
+        assert_eq!(written, "254:0 wbps=5242880 wiops=300");
+        restore(&saved).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&io_max).unwrap(),
+            "254:0 wbps=1000 wiops=max"
+        );
+    }
+
+    #[test]
+    fn a_cap_left_behind_is_recovered_from_the_state_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let io_max = dir.path().join("io.max");
+        std::fs::write(&io_max, "254:0 wbps=5 wiops=max").unwrap();
+        let state = dir.path().join("iocap-state.json");
+        let saved = Saved {
+            target: Target::V2 {
+                dir: dir.path().to_path_buf(),
+            },
+            device: VDA,
+            previous: IoLimits::default(),
+            systemd_previous: Vec::new(),
+        };
+        std::fs::write(&state, serde_json::to_vec(&saved).unwrap()).unwrap();
+        recover(&state).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&io_max).unwrap(),
+            "254:0 wbps=max wiops=max"
+        );
+        assert!(!state.exists());
+        // Nothing left to recover: nothing written.
+        std::fs::write(&io_max, "untouched").unwrap();
+        recover(&state).unwrap();
+        assert_eq!(std::fs::read_to_string(&io_max).unwrap(), "untouched");
+        // A state file that is not prewarm's is an error naming it.
+        std::fs::write(&state, "{").unwrap();
+        let e = recover(&state).unwrap_err().to_string();
+        assert!(e.contains("iocap-state.json"), "{e}");
+    }
+
+    #[test]
+    fn systemd_properties_are_set_and_put_back() {
+        let unit = "containerd.service";
+        assert_eq!(
+            set_args(
+                unit,
+                VDA,
+                IoLimits {
+                    write_bps: Some(100),
+                    write_iops: None
+                }
+            ),
+            [
+                "set-property",
+                "--runtime",
+                unit,
+                "IOWriteBandwidthMax=/dev/block/254:0 100",
+                "IOWriteIOPSMax=",
+            ]
+        );
+        // systemctl show: one line per device, and an empty one for none.
+        let shown = "IOWriteBandwidthMax=/dev/block/8:0 100\nIOWriteBandwidthMax=/dev/block/254:0 200\nIOWriteIOPSMax=\n";
+        let previous = parse_show(shown);
+        assert_eq!(previous.len(), 3);
+        // Both devices' limits come back: each property is reset once.
+        assert_eq!(
+            restore_args(unit, &previous),
+            [
+                "set-property",
+                "--runtime",
+                unit,
+                "IOWriteBandwidthMax=",
+                "IOWriteIOPSMax=",
+                "IOWriteBandwidthMax=/dev/block/8:0 100",
+                "IOWriteBandwidthMax=/dev/block/254:0 200",
+            ]
         );
     }
 
