@@ -1,6 +1,7 @@
 //! `[pull] unpack = "prewarm"` on real containerd: the same snapshots as
 //! containerd's own unpack (`common::fidelity`), a wrong diff ID, a
-//! hostile layer, and kill -9 mid-extract.
+//! hostile layer, kill -9 mid-extract, and containerd's native
+//! snapshotter.
 
 mod common;
 
@@ -185,4 +186,87 @@ async fn kill_9_mid_extract_then_a_rerun_is_correct() {
         assert!(got == *data, "{path} is whole");
     }
     assert_eq!(std::fs::read(merged.join("etc/app.conf")).unwrap(), b"conf");
+}
+
+/// containerd's native snapshotter hands out bind mounts of a full copy
+/// of the parent: the in-process path writes there too, removing what a
+/// whiteout names, as containerd's apply does on a plain directory.
+/// (Mounts it does not know, such as devmapper's block devices, go to
+/// containerd's Diff service: see `unpack::target_of`'s unit test.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_native_snapshotter_gets_whole_trees() {
+    let env = Env::start();
+    let layers = vec![
+        LayerSpec {
+            files: vec![
+                ("etc/motd".into(), b"one".to_vec()),
+                ("etc/hostname".into(), b"box".to_vec()),
+            ],
+            ..Default::default()
+        },
+        LayerSpec {
+            files: vec![("etc/issue".into(), b"two".to_vec())],
+            ..Default::default()
+        },
+        LayerSpec {
+            tar: Some(
+                Layer::new()
+                    .file("etc/.wh.motd", 0o644, (0, 0), b"")
+                    .file("etc/hostname", 0o600, (0, 0), b"node")
+                    .bytes(),
+            ),
+            ..Default::default()
+        },
+    ];
+    let pushed = env.push_layers("native/app:1", layers);
+    let config = prewarm_config(&env, &pushed.reference, "retries = 0", "");
+    // A second fragment, as an operator would drop one in.
+    let dropin = env.path("root/etc/prewarm/config.d");
+    std::fs::create_dir_all(&dropin).unwrap();
+    std::fs::write(
+        dropin.join("60-native.toml"),
+        "version = 1\n[containerd]\nsnapshotter = \"native\"\n",
+    )
+    .unwrap();
+    let out = env.prewarm(&["pull", "--config", config.to_str().unwrap()]);
+    assert_eq!(
+        exit_code(&out),
+        0,
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = env.report();
+    assert_eq!(report.snapshotter, "native");
+    assert_eq!(report.images[0].unpacked_by, ["prewarm"]);
+    let client = env.client().await;
+    let chains = prewarm::manifest::chain_ids(&pushed.manifests[0].diff_ids);
+    for chain in &chains {
+        assert!(client.snapshot_exists("native", chain).await.unwrap());
+        assert!(!client.snapshot_exists("overlayfs", chain).await.unwrap());
+    }
+    // The top layer's tree, through a view of it.
+    let shown = env
+        .containerd
+        .ctr(&[
+            "snapshots",
+            "--snapshotter",
+            "native",
+            "view",
+            "--mounts",
+            "look",
+            &chains[2],
+        ])
+        .unwrap();
+    let mounts: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    let m = &mounts[0];
+    let source = m.get("source").or_else(|| m.get("Source")).unwrap();
+    let etc = PathBuf::from(source.as_str().unwrap()).join("etc");
+    let mut names: Vec<String> = std::fs::read_dir(&etc)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["hostname", "issue"], "no motd, no whiteout file");
+    assert_eq!(std::fs::read(etc.join("hostname")).unwrap(), b"node");
+    assert_eq!(std::fs::read(etc.join("issue")).unwrap(), b"two");
 }
