@@ -18,9 +18,14 @@
 //!
 //! Usage: prewarm-bench [--scale F] [--only set|single|throttle|usr]
 //!                      [--runs N] [--concurrency N] [--show-log] [--tmpfs]
+//!                      [--containerd SUITE]
 //!
 //! `--tmpfs` puts every containerd root on a tmpfs, so that the numbers
 //! compare CPU-bound work rather than this machine's shared disk.
+//!
+//! `--containerd SUITE` runs Debian SUITE's containerd and its own `ctr`
+//! (`trixie`: 1.7, `sid`: 2.x; fetched by `scripts/containerd-versions.sh`)
+//! instead of the installed ones.
 //!
 //! Each of `set` and `single` runs `--runs` times (default 5), ctr and
 //! prewarm taking turns, every run on a fresh containerd. Every run's
@@ -47,6 +52,26 @@ const MIB: f64 = 1024.0 * 1024.0;
 /// `--concurrency N`: images prewarm pulls side by side (0: prewarm's
 /// default).
 static CONCURRENCY: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// `--containerd SUITE`: that suite's containerd binary, else the
+/// installed one.
+static DAEMON: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// A fresh containerd at `root`: the installed one, or `--containerd`'s.
+fn start_containerd(root: &std::path::Path) -> Result<Containerd> {
+    match DAEMON.get() {
+        Some(bin) => Containerd::start_binary(root, bin),
+        None => Containerd::start(root),
+    }
+}
+
+/// The `ctr` that goes with the containerd run.
+fn ctr_binary() -> std::path::PathBuf {
+    DAEMON
+        .get()
+        .and_then(|d| d.parent())
+        .map_or_else(|| "ctr".into(), |dir| dir.join("ctr"))
+}
 
 /// `--show-log`: print each prewarm run's log.
 static SHOW_LOG: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -86,6 +111,11 @@ fn args() -> Result<Args> {
             "--runs" => a.runs = it.next().context("--runs needs a number")?.parse()?,
             "--show-log" => a.show_log = true,
             "--tmpfs" => a.tmpfs = true,
+            "--containerd" => {
+                let suite = it.next().context("--containerd needs a Debian suite")?;
+                let bin = testbed::containerd_of_suite(&suite)?;
+                let _ = DAEMON.set(bin);
+            }
             "--concurrency" => CONCURRENCY.store(
                 it.next().context("--concurrency needs a number")?.parse()?,
                 std::sync::atomic::Ordering::Relaxed,
@@ -116,8 +146,17 @@ fn run() -> Result<bool> {
     } else {
         None
     };
+    let version = Command::new(
+        DAEMON
+            .get()
+            .map_or("containerd".as_ref(), |p| p.as_os_str()),
+    )
+    .arg("--version")
+    .output()
+    .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    .unwrap_or_default();
     println!(
-        "containerd roots on {}",
+        "{version}; containerd roots on {}",
         if args.tmpfs { "a tmpfs" } else { "the disk" }
     );
     let mib = |n: f64| (n * args.scale * MIB) as usize;
@@ -212,15 +251,8 @@ fn run() -> Result<bool> {
             let label = format!("{name}-{run}");
             let ctr_cost = ctr_pull(&roots, &registry, &label, images)?;
             let ctr = ctr_cost.wall;
-            let (pw, pw_cost, warm) = prewarm_pull(
-                &prewarm,
-                &roots,
-                &registry,
-                &label,
-                images,
-                None,
-                "containerd",
-            )?;
+            let (pw, pw_cost, warm) =
+                prewarm_pull(&prewarm, &roots, &registry, &label, images, None, None)?;
             costs.push((label.clone(), ctr_cost, pw_cost));
             let ratio = pw.wall.as_secs_f64() / ctr.as_secs_f64();
             let rss = pw.max_rss as f64 / MIB;
@@ -337,13 +369,13 @@ fn ctr_pull(
     images: &[PushedImage],
 ) -> Result<Cost> {
     let root = base.join(format!("ctr-{case}"));
-    let containerd = Containerd::start(&root)?;
+    let containerd = start_containerd(&root)?;
     settle_disk()?;
     let daemons = DaemonCpu::start(&containerd, registry);
     let start = Instant::now();
     let mut client_cpu = Duration::ZERO;
     for img in images {
-        let mut cmd = Command::new("ctr");
+        let mut cmd = Command::new(ctr_binary());
         cmd.arg("--address")
             .arg(&containerd.socket)
             .args([
@@ -385,10 +417,10 @@ fn prewarm_pull(
     case: &str,
     images: &[PushedImage],
     bandwidth: Option<&str>,
-    unpack: &str,
+    unpack: Option<&str>,
 ) -> Result<(Measured, Cost, Measured)> {
     let root = base.join(format!("prewarm-{case}"));
-    let containerd = Containerd::start(&root)?;
+    let containerd = start_containerd(&root)?;
     let refs: Vec<String> = images.iter().map(|i| i.reference.clone()).collect();
     settle_disk()?;
     let daemons = DaemonCpu::start(&containerd, registry);
@@ -415,7 +447,7 @@ fn run_prewarm(
     containerd: &Containerd,
     refs: &[String],
     bandwidth: Option<&str>,
-    unpack: &str,
+    unpack: Option<&str>,
 ) -> Result<Measured> {
     let throttle = bandwidth
         .map(|b| format!("[throttle]\nbandwidth = {b:?}\n"))
@@ -429,9 +461,10 @@ fn run_prewarm(
             refs,
             &report,
             &[
-                // The default is left unwritten, so that older binaries,
-                // which refuse the key, can be measured for comparison.
-                (unpack != "containerd").then(|| format!("unpack = {unpack:?}")),
+                // `None` leaves the binary's default unwritten, so that
+                // older binaries, which refuse the key, can be measured
+                // for comparison.
+                unpack.map(|u| format!("unpack = {u:?}")),
                 match CONCURRENCY.load(std::sync::atomic::Ordering::Relaxed) {
                     0 => None,
                     n => Some(format!("concurrency = {n}")),
@@ -485,7 +518,7 @@ fn throttle_case(
 ) -> Result<bool> {
     let proxy = FaultProxy::start(registry.addr)?;
     let case = format!("throttle-{cap_mib}");
-    let containerd = Containerd::start(&base.join(&case))?;
+    let containerd = start_containerd(&base.join(&case))?;
     let refs: Vec<String> = images
         .iter()
         .map(|i| i.reference.replacen(&registry.host(), &proxy.host(), 1))
@@ -511,7 +544,7 @@ fn throttle_case(
             &containerd,
             &refs,
             Some(&bandwidth),
-            "containerd",
+            None,
         );
         done.store(true, std::sync::atomic::Ordering::Relaxed);
         r
@@ -656,7 +689,7 @@ fn usr_case(
             &format!("{label}-c"),
             images,
             None,
-            "containerd",
+            Some("containerd"),
         )?;
         let (by_prewarm, _, _) = prewarm_pull(
             prewarm,
@@ -665,7 +698,7 @@ fn usr_case(
             &format!("{label}-p"),
             images,
             None,
-            "prewarm",
+            Some("prewarm"),
         )?;
         let secs = |d: Duration| d.as_secs_f64();
         let ratio = secs(by_prewarm.wall) / secs(ctr);
