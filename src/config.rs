@@ -360,8 +360,9 @@ pub enum HandoffMode {
 pub enum Unpack {
     /// containerd's Diff service (`Diff.Apply`), on any snapshotter.
     Containerd,
-    /// prewarm itself, straight into an overlayfs snapshot; containerd's
-    /// Diff service where the snapshot is not overlayfs.
+    /// prewarm itself, straight into the snapshot's directory (overlayfs,
+    /// native); containerd's Diff service for mounts it does not know. The
+    /// default.
     Prewarm,
 }
 
@@ -892,7 +893,7 @@ impl Settings {
             pull: PullSettings {
                 concurrency: NonZeroU32::new(2).expect("2 is not zero"),
                 layer_concurrency: NonZeroU32::MIN,
-                unpack: Unpack::Containerd,
+                unpack: Unpack::Prewarm,
                 retries: 5,
                 deadline: Duration::from_secs(20 * 60),
                 platform: crate::manifest::host_platform(),

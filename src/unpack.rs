@@ -1,14 +1,16 @@
-//! Filling a prepared snapshot with a layer: by containerd's Diff service,
-//! or by prewarm itself (`[pull] unpack = "prewarm"`), which decompresses
-//! the blob and applies it with [`crate::extract`] straight into the
-//! snapshot's directory, as containerd's own overlay apply does.
+//! Filling a prepared snapshot with a layer: by prewarm itself (`[pull]
+//! unpack = "prewarm"`, the default), which decompresses the blob and
+//! applies it with [`crate::extract`] straight into the snapshot's
+//! directory, as containerd's own apply does; or by containerd's Diff
+//! service.
 //!
-//! The in-process path takes a snapshot whose mounts are one bind mount (a
-//! first layer: the directory itself) or one overlay mount (its
-//! `upperdir`, with the `lowerdir`s as parents). Any other mounts (another
-//! snapshotter, or options it does not know) go to the Diff service, and
-//! the report says which one ran. Either way the caller checks the diff ID
-//! before the snapshot is committed.
+//! The in-process path takes a snapshot whose mounts are one bind mount
+//! (overlayfs's first layer, or any native snapshot: the directory itself,
+//! whiteouts applied by removal) or one overlay mount (its `upperdir`,
+//! with the `lowerdir`s as parents, whiteouts in overlay form). Any other
+//! mounts (devmapper, zfs, btrfs, or options it does not know) go to the
+//! Diff service, and the report says which one ran. Either way the caller
+//! checks the diff ID before the snapshot is committed.
 
 use crate::config::Unpack;
 use crate::containerd::{Containerd, ContainerdError, Desc, Mount};
