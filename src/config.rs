@@ -143,6 +143,7 @@ struct RawPull {
     state_dir: Option<PathBuf>,
     gc: Option<bool>,
     unpack: Option<String>,
+    keep_layers: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -549,6 +550,9 @@ pub struct PullSettings {
     pub state_dir: PathBuf,
     /// Remove de-listed preloaded images at the end of `pull`.
     pub gc: bool,
+    /// Keep each layer's compressed blob in the content store once it is
+    /// unpacked (`false`: as containerd's `discard_unpacked_layers`).
+    pub keep_layers: bool,
 }
 
 /// `[throttle]`: the caps on the network and on containerd's writes.
@@ -901,6 +905,7 @@ impl Settings {
                 require_digest: false,
                 state_dir: "/var/lib/prewarm".into(),
                 gc: false,
+                keep_layers: true,
             },
             throttle: ThrottleSettings {
                 bandwidth: None,
@@ -1049,6 +1054,9 @@ impl Settings {
         }
         if let Some(v) = p.gc {
             self.pull.gc = v;
+        }
+        if let Some(v) = p.keep_layers {
+            self.pull.keep_layers = v;
         }
         if let Some(v) = raw.throttle.bandwidth {
             self.throttle.bandwidth = Some(v.0);

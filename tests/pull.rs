@@ -192,3 +192,74 @@ fn missing_required_image_exits_3_and_reports_why() {
     let reason = report.images[0].reason.clone().unwrap_or_default();
     assert!(reason.contains("nope/absent"), "{reason}");
 }
+
+/// `[pull] keep-layers = false`: once unpacked, the layers' blobs leave
+/// the content store (as with containerd's `discard_unpacked_layers`);
+/// the image stays visible, a second image on the same base does not fetch
+/// the base again, and a re-run finds both present.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_keep_layers_the_blobs_go_and_the_images_stay() {
+    let env = Env::start();
+    let base = || testbed::LayerSpec {
+        files: vec![("opt/base.bin".into(), testbed::random_bytes(7, 2 << 20))],
+        ..Default::default()
+    };
+    let top = |name: &str| testbed::LayerSpec {
+        files: vec![(format!("etc/{name}"), name.as_bytes().to_vec())],
+        ..Default::default()
+    };
+    let a = env.push_layers("keep/a:1", vec![base(), top("a")]);
+    let b = env.push_layers("keep/b:1", vec![base(), top("b")]);
+    let (a_layers, b_layers) = (&a.manifests[0].layer_digests, &b.manifests[0].layer_digests);
+    assert_eq!(a_layers[0], b_layers[0], "the same base blob");
+
+    let config = env.config_with(
+        &[(&a.reference, true)],
+        "retries = 0\nkeep-layers = false",
+        "",
+    );
+    let out = env.prewarm(&["pull", "--config", config.to_str().unwrap()]);
+    assert_eq!(
+        exit_code(&out),
+        0,
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    env.assert_visible_without_blobs(&a).await;
+    // The manifest and config stay: kubelet reads them.
+    let client = env.client().await;
+    assert!(client
+        .content_info(&a.manifests[0].config_digest)
+        .await
+        .unwrap()
+        .is_some());
+
+    // b: only its own top layer is fetched.
+    let config = env.config_with(
+        &[(&a.reference, true), (&b.reference, true)],
+        "retries = 0\nkeep-layers = false",
+        "",
+    );
+    let out = env.prewarm(&["pull", "--config", config.to_str().unwrap()]);
+    assert_eq!(
+        exit_code(&out),
+        0,
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = env.report();
+    let statuses: Vec<_> = report.images.iter().map(|i| i.status).collect();
+    assert_eq!(statuses, [ImageStatus::Present, ImageStatus::Pulled]);
+    let b_bytes = report.images[1].bytes;
+    assert!(
+        b_bytes > 0 && b_bytes < 64 << 10,
+        "b fetched {b_bytes} bytes: the 2 MiB base again?"
+    );
+    env.assert_visible_without_blobs(&b).await;
+
+    // Nothing to do on a warm node.
+    let out = env.prewarm(&["pull", "--config", config.to_str().unwrap()]);
+    assert_eq!(exit_code(&out), 0);
+    let statuses: Vec<_> = env.report().images.iter().map(|i| i.status).collect();
+    assert_eq!(statuses, [ImageStatus::Present, ImageStatus::Present]);
+}

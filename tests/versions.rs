@@ -7,7 +7,8 @@
 //! On each: a pull visible through CRI by tag and by digest, pinned;
 //! `prewarm status`; a re-run that finds everything present; the
 //! in-process unpack against that version's own; unpinning once the image
-//! leaves the list, and gc removing it. Run on 1.6 only, as before: resume
+//! leaves the list, and gc removing it; a pull without kept layer blobs.
+//! Run on 1.6 only, as before: resume
 //! after kill -9, archives, faults, the disk budget, the IO cap, the node
 //! handoff.
 
@@ -68,6 +69,24 @@ async fn core(suite: &str) {
     }
     let images = env.containerd.ctr(&["images", "ls", "-q"]).unwrap();
     assert!(images.contains("fidelity/app:1"), "{suite}: {images}");
+
+    // Without kept blobs, CRI still shows the image, and a re-run finds
+    // it present.
+    let lean = env.push_layers(
+        "versions/lean:1",
+        layers(50, &[Compression::Gzip], 64 << 10),
+    );
+    let config = env.config_with(
+        &[(lean.reference.as_str(), true)],
+        "retries = 0\nkeep-layers = false",
+        "",
+    );
+    for _ in 0..2 {
+        let out = env.prewarm(&["pull", "--config", config.to_str().unwrap()]);
+        assert_eq!(exit_code(&out), 0, "{suite}");
+        env.assert_visible_without_blobs(&lean).await;
+    }
+    assert_eq!(env.report().summary.present, 1, "{suite}: the second run");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,7 +3,7 @@
 
 use super::blobs::{ArchiveSource, BlobSource, RegistrySource};
 use super::fetch::{Fetcher, Reserve};
-use super::inventory::ContainerdStore;
+use super::inventory::{ContainerdStore, ImageStore};
 use super::planner::{PlannedImage, Planner, Sources};
 use super::resolve::{Resolved, Resolver};
 use super::PullError;
@@ -334,9 +334,13 @@ impl Engine {
 
         let fetcher = self.fetcher();
         // Manifests and config, from memory, with their GC references.
+        // Without `keep-layers` the manifest does not hold its layers'
+        // blobs: once the lease is gone, containerd collects them, and the
+        // snapshots (held from the config) stay.
+        let keep = self.settings.pull.keep_layers;
         let mut manifest_labels = source.clone();
         manifest_labels.insert(labels::GC_REF_CONFIG.into(), r.config.desc.digest.clone());
-        for (i, l) in r.layers.iter().enumerate() {
+        for (i, l) in r.layers.iter().enumerate().filter(|_| keep) {
             manifest_labels.insert(
                 format!("{}.l.{i}", labels::GC_REF_CONTENT),
                 l.digest.clone(),
@@ -360,16 +364,26 @@ impl Engine {
         // Layers: downloads run ahead (bounded), unpacking follows in order.
         let (tx, mut rx) = tokio::sync::mpsc::channel(r.layers.len().max(1));
         let producer = async {
-            let mut fetched = futures_util::stream::iter(r.layers.iter())
-                .map(|layer| {
-                    fetcher.fetch_layer(
-                        r.source.as_ref(),
-                        &r.entry.reference,
-                        layer,
-                        &lease,
-                        source.clone(),
-                        downloaded,
-                    )
+            let mut fetched = futures_util::stream::iter(r.layers.iter().zip(&r.chain_ids))
+                .map(|(layer, chain)| {
+                    let (fetcher, lease, source) = (&fetcher, &lease, source.clone());
+                    async move {
+                        // A layer already unpacked needs no blob unless
+                        // blobs are kept.
+                        if !keep && self.store.has_snapshot(chain).await? {
+                            return Ok(());
+                        }
+                        fetcher
+                            .fetch_layer(
+                                r.source.as_ref(),
+                                &r.entry.reference,
+                                layer,
+                                lease,
+                                source,
+                                downloaded,
+                            )
+                            .await
+                    }
                 })
                 .buffered(self.settings.pull.layer_concurrency.get() as usize);
             while let Some(result) = fetched.next().await {
@@ -451,12 +465,16 @@ impl Engine {
                     };
                     self.unpack_pace.reserve(written, Instant::now());
                 }
-                self.containerd
-                    .content_label(
-                        &layer.digest,
-                        HashMap::from([(labels::UNCOMPRESSED.into(), r.diff_ids[i].clone())]),
-                    )
-                    .await?;
+                // The blob is there to label unless it was never fetched:
+                // not kept, and the layer already unpacked.
+                if keep || by.is_some() {
+                    self.containerd
+                        .content_label(
+                            &layer.digest,
+                            HashMap::from([(labels::UNCOMPRESSED.into(), r.diff_ids[i].clone())]),
+                        )
+                        .await?;
+                }
                 parent = chain.clone();
             }
             Ok::<(), PullError>(())
@@ -493,7 +511,9 @@ impl Engine {
                 .image_put(&record, &r.top().desc, &labels)
                 .await?;
         }
-        self.containerd.lease_delete(&lease, false).await?;
+        // Without kept blobs, collect them now: the rest of the run gets
+        // the space back.
+        self.containerd.lease_delete(&lease, !keep).await?;
         self.wait_visible(r).await
     }
 

@@ -106,7 +106,7 @@ impl Planner<'_> {
                     priority: r.entry.priority,
                     required: r.entry.required,
                     present: *present,
-                    parts: r.parts(ratio),
+                    parts: r.parts(ratio, self.settings.pull.keep_layers),
                 }),
                 Prepared::Failed(_) | Prepared::Same => None,
             })
@@ -292,6 +292,30 @@ mod tests {
         assert_eq!(r.chain_ids, new.chain_ids);
         assert!(r.stored[0].content && r.stored[0].snapshot);
         assert!(!r.stored[1].content && !r.stored[1].snapshot);
+    }
+
+    #[tokio::test]
+    async fn without_keep_layers_an_unpacked_layer_needs_no_blob() {
+        let base = layer(0, 200_000);
+        let mut reg = FakeRegistry::default();
+        let old = reg.push(&format!("{REG}/old:1"), &[&base]);
+        reg.push(&format!("{REG}/app:2"), &[&base, &layer(1, 10_000)]);
+        // The node holds the base unpacked, its blob long collected.
+        let mut store = FakeStore::default();
+        store.snapshots.extend(old.chain_ids.iter().cloned());
+        let mut w = World::new(&[&format!("ref = \"{REG}/app:2\"")], reg, 1 << 30);
+        w.store = store;
+        let sources = w.sources();
+        let kept = w.planner(&sources).plan().await.unwrap();
+        // Kept blobs: the base's blob is fetched again, 200 kB more.
+        assert!(kept[0].need >= 220_000, "{}", kept[0].need);
+        w.settings.pull.keep_layers = false;
+        let discarded = w.planner(&sources).plan().await.unwrap();
+        assert!(
+            discarded[0].need >= 20_000 && discarded[0].need < 30_000,
+            "{}",
+            discarded[0].need
+        );
     }
 
     #[tokio::test]

@@ -89,9 +89,10 @@ impl Resolved {
     }
 
     /// What the image would write, part by part, and which parts the store
-    /// already holds (see [`super::Engine::take_stock`]): the small blobs, each
-    /// layer's blob, and each layer unpacked.
-    pub fn parts(&self, ratio: f64) -> Vec<plan::Part> {
+    /// already holds (see [`super::inventory::take_stock`]): the small
+    /// blobs, each layer's blob, and each layer unpacked. Without
+    /// `keep_layers`, an unpacked layer's blob is not fetched again.
+    pub fn parts(&self, ratio: f64, keep_layers: bool) -> Vec<plan::Part> {
         let small = self.index.iter().chain([&self.manifest, &self.config]);
         let mut parts: Vec<plan::Part> = small
             .map(|b| plan::Part {
@@ -105,7 +106,7 @@ impl Resolved {
             parts.push(plan::Part {
                 key: l.digest.clone(),
                 bytes: l.size.max(0) as u64,
-                held: stored.content,
+                held: stored.content || (stored.snapshot && !keep_layers),
             });
             parts.push(plan::Part {
                 key: format!(

@@ -128,6 +128,16 @@ impl Env {
     /// [`Env::assert_visible`] for the image pulled under another name
     /// (through a proxy).
     pub async fn assert_visible_as(&self, name: &str, img: &PushedImage, manifest_index: usize) {
+        self.assert_seen(name, img, manifest_index, true).await
+    }
+
+    /// [`Env::assert_visible`] for a pull that did not keep the layers'
+    /// blobs (`keep-layers = false`): none of them is in the content store.
+    pub async fn assert_visible_without_blobs(&self, img: &PushedImage) {
+        self.assert_seen(&img.reference, img, 0, false).await
+    }
+
+    async fn assert_seen(&self, name: &str, img: &PushedImage, manifest_index: usize, blobs: bool) {
         let client = self.client().await;
         let cri = Cri::new(client.channel());
         let reference = prewarm::reference::Reference::parse(name).unwrap();
@@ -151,7 +161,7 @@ impl Env {
         }
         for layer in &built.layer_digests {
             let info = client.content_info(layer).await.unwrap();
-            assert!(info.is_some(), "layer {layer} in the content store");
+            assert_eq!(info.is_some(), blobs, "layer {layer} in the content store");
         }
         let chain = prewarm::manifest::chain_ids(&built.diff_ids);
         let snapshotter = cri.image_fs().await.unwrap().snapshotter;
