@@ -9,8 +9,9 @@
 //! - `usr`: one image shaped like an ML image, three gzip layers tarred
 //!   from this machine's `/usr/lib/x86_64-linux-gnu`, `/usr/share` and
 //!   `/usr/lib/python3` (tens of thousands of small files, big shared
-//!   libraries), pulled by ctr, by prewarm with containerd's unpack and by
-//!   prewarm with its own (`[pull] unpack = "prewarm"`), beside the time
+//!   libraries), pulled by ctr, by prewarm with containerd's unpack (pw-c),
+//!   with its own (`[pull] unpack = "prewarm"`, pw-p) and with its own
+//!   without keeping the layers' blobs (`keep-layers = false`, pw-d), beside the time
 //!   it takes only to fetch the blobs, which bounds any pull. Not part of
 //!   the default run: `--only usr`.
 //!
@@ -417,14 +418,14 @@ fn prewarm_pull(
     case: &str,
     images: &[PushedImage],
     bandwidth: Option<&str>,
-    unpack: Option<&str>,
+    pull: Option<&str>,
 ) -> Result<(Measured, Cost, Measured)> {
     let root = base.join(format!("prewarm-{case}"));
     let containerd = start_containerd(&root)?;
     let refs: Vec<String> = images.iter().map(|i| i.reference.clone()).collect();
     settle_disk()?;
     let daemons = DaemonCpu::start(&containerd, registry);
-    let cold = run_prewarm(prewarm, base, case, &containerd, &refs, bandwidth, unpack)?;
+    let cold = run_prewarm(prewarm, base, case, &containerd, &refs, bandwidth, pull)?;
     let cost = daemons.cost(cold.wall, cold.cpu);
     // The same list again on the now warm node: nothing to do.
     let warm = run_prewarm(
@@ -434,7 +435,7 @@ fn prewarm_pull(
         &containerd,
         &refs,
         bandwidth,
-        unpack,
+        pull,
     )?;
     discard(containerd, &root);
     Ok((cold, cost, warm))
@@ -447,7 +448,7 @@ fn run_prewarm(
     containerd: &Containerd,
     refs: &[String],
     bandwidth: Option<&str>,
-    unpack: Option<&str>,
+    pull: Option<&str>,
 ) -> Result<Measured> {
     let throttle = bandwidth
         .map(|b| format!("[throttle]\nbandwidth = {b:?}\n"))
@@ -461,10 +462,10 @@ fn run_prewarm(
             refs,
             &report,
             &[
-                // `None` leaves the binary's default unwritten, so that
-                // older binaries, which refuse the key, can be measured
+                // `None` leaves the binary's defaults unwritten, so that
+                // older binaries, which refuse newer keys, can be measured
                 // for comparison.
-                unpack.map(|u| format!("unpack = {u:?}")),
+                pull.map(str::to_string),
                 match CONCURRENCY.load(std::sync::atomic::Ordering::Relaxed) {
                     0 => None,
                     n => Some(format!("concurrency = {n}")),
@@ -641,8 +642,9 @@ fn fetch_only(registry: &Registry, images: &[PushedImage]) -> Result<Duration> {
     Ok(start.elapsed())
 }
 
-/// The `usr` case: ctr, prewarm with containerd's unpack and prewarm with
-/// its own, taking turns, each on a fresh containerd; and the fetch alone.
+/// The `usr` case: ctr, prewarm with containerd's unpack, with its own,
+/// and with its own without keeping the layers' blobs, taking turns, each
+/// on a fresh containerd; and the fetch alone.
 fn usr_case(
     prewarm: &std::path::Path,
     roots: &std::path::Path,
@@ -666,7 +668,7 @@ fn usr_case(
         images[0].manifests[0].layer_digests.len()
     );
     println!(
-        "{:<8} {:>9} {:>9} {:>7} {:>11} {:>7} {:>9} {:>12} {:>11}",
+        "{:<8} {:>8} {:>7} {:>7} {:>6} {:>7} {:>6} {:>7} {:>6} {:>12} {:>16}",
         "run",
         "fetch s",
         "ctr s",
@@ -674,48 +676,46 @@ fn usr_case(
         "ratio",
         "pw-p s",
         "ratio",
+        "pw-d s",
+        "ratio",
         "unpack MiB/s",
-        "prewarm RSS"
+        "RSS c/p/d MiB"
     );
     let (mut ratios, mut max_rss) = (Vec::new(), 0.0f64);
     for run in 1..=runs {
         let label = format!("usr-{run}");
         let fetch = fetch_only(registry, images)?;
         let ctr = ctr_pull(roots, registry, &label, images)?.wall;
-        let (by_containerd, _, _) = prewarm_pull(
-            prewarm,
-            roots,
-            registry,
-            &format!("{label}-c"),
-            images,
-            None,
-            Some("containerd"),
-        )?;
-        let (by_prewarm, _, _) = prewarm_pull(
-            prewarm,
-            roots,
-            registry,
-            &format!("{label}-p"),
-            images,
-            None,
-            Some("prewarm"),
-        )?;
+        let mut by = Vec::new();
+        for (suffix, pull) in [
+            ("c", "unpack = \"containerd\""),
+            ("p", "unpack = \"prewarm\""),
+            ("d", "unpack = \"prewarm\"\nkeep-layers = false"),
+        ] {
+            let label = format!("{label}-{suffix}");
+            let (m, _, _) =
+                prewarm_pull(prewarm, roots, registry, &label, images, None, Some(pull))?;
+            by.push(m);
+        }
         let secs = |d: Duration| d.as_secs_f64();
-        let ratio = secs(by_prewarm.wall) / secs(ctr);
+        let ratio = secs(by[1].wall) / secs(ctr);
         ratios.push(ratio);
         let rss = |m: &Measured| m.max_rss as f64 / MIB;
-        max_rss = max_rss.max(rss(&by_prewarm)).max(rss(&by_containerd));
+        max_rss = by.iter().map(rss).fold(max_rss, f64::max);
         println!(
-            "{label:<8} {:>9.2} {:>9.2} {:>7.2} {:>11.2} {:>7.2} {:>9.2} {:>12.0} {:>5.1}/{:.1} MiB",
+            "{label:<8} {:>8.2} {:>7.2} {:>7.2} {:>6.2} {:>7.2} {:>6.2} {:>7.2} {:>6.2} {:>12.0} {:>5.1}/{:.1}/{:.1}",
             secs(fetch),
             secs(ctr),
-            secs(by_containerd.wall),
-            secs(by_containerd.wall) / secs(ctr),
-            secs(by_prewarm.wall),
+            secs(by[0].wall),
+            secs(by[0].wall) / secs(ctr),
+            secs(by[1].wall),
             ratio,
-            unpacked / secs(by_prewarm.wall),
-            rss(&by_containerd),
-            rss(&by_prewarm),
+            secs(by[2].wall),
+            secs(by[2].wall) / secs(ctr),
+            unpacked / secs(by[1].wall),
+            rss(&by[0]),
+            rss(&by[1]),
+            rss(&by[2]),
         );
     }
     ratios.sort_by(f64::total_cmp);
