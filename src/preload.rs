@@ -1,5 +1,6 @@
-//! What `prewarm plan` and `prewarm pull` do, as values: the commands in
-//! `cmd/` only print them. Tests call these as the binary does.
+//! What `prewarm plan`, `prewarm pull` and `prewarm status` do, as values:
+//! the commands in `cmd/` only print them. Tests call these as the binary
+//! does.
 
 use crate::config::Settings;
 use crate::plan::Budget;
@@ -116,6 +117,83 @@ pub async fn pull(
         },
     );
     Ok(Outcome { report, exit })
+}
+
+/// One listed image as kubelet sees it.
+#[derive(Debug)]
+pub struct Seen {
+    pub entry: crate::config::ImageEntry,
+    /// CRI finds it by `repo:tag` (or the entry names no tag).
+    pub by_tag: bool,
+    /// CRI finds it by `repo@digest`: the listed digest, or the one the
+    /// tag's record points at.
+    pub by_digest: bool,
+    pub pinned: bool,
+    /// The image ID CRI shows.
+    pub image_id: Option<String>,
+}
+
+impl Seen {
+    /// Present as kubelet needs it: by digest, and by tag when it has one.
+    pub fn ok(&self) -> bool {
+        self.by_digest && self.by_tag
+    }
+}
+
+/// What `prewarm status` shows.
+#[derive(Debug)]
+pub struct Status {
+    pub images: Vec<Seen>,
+    /// 0, or 3 when a required image is not present.
+    pub exit: Exit,
+}
+
+/// `prewarm status`: every listed image (the lists' too, from cached
+/// copies when remote sources are unreachable) as CRI sees it.
+pub async fn status(settings: Settings) -> anyhow::Result<Status> {
+    let lists = sources::load(&settings).await;
+    let c = crate::containerd::Containerd::connect(&settings.containerd).await?;
+    let cri = crate::cri::Cri::new(c.channel());
+    // Only records are read: the snapshotter is never asked.
+    let store = crate::pull::inventory::ContainerdStore {
+        containerd: c,
+        snapshotter: String::new(),
+    };
+    let mut images = Vec::with_capacity(lists.images.len());
+    for entry in lists.images {
+        let by_tag = match entry.reference.tag_name() {
+            Some(t) => cri.image_status(&t).await?,
+            None => None,
+        };
+        let digest = match &entry.reference.digest {
+            Some(d) => Some(d.clone()),
+            None => crate::pull::inventory::held_digest(&store, &entry.reference).await?,
+        };
+        let by_digest = match &digest {
+            Some(d) => cri.image_status(&entry.reference.digest_name(d)).await?,
+            None => None,
+        };
+        let shown = by_digest.as_ref().or(by_tag.as_ref());
+        images.push(Seen {
+            by_tag: by_tag.is_some() || entry.reference.tag.is_none(),
+            by_digest: by_digest.is_some(),
+            pinned: shown.is_some_and(|i| i.pinned),
+            image_id: shown.map(|i| i.id.clone()),
+            entry,
+        });
+    }
+    let missing = images
+        .iter()
+        .filter(|i| i.entry.required && !i.ok())
+        .count();
+    Ok(Status {
+        images,
+        exit: if missing > 0 {
+            Exit::RequiredMissing
+        } else {
+            Exit::Ok
+        },
+    })
 }
 
 /// Reads the `[[sources]]` lists into `settings.images` and connects the
