@@ -4,101 +4,17 @@
 
 mod common;
 
+use common::core::{proxied, via};
 use common::*;
 use prewarm::report::ImageStatus;
-use std::time::Duration;
 use testbed::{
     Compression::{Gzip, Zstd},
-    FaultProxy, Format,
+    Format,
 };
-
-fn proxied(env: &Env) -> FaultProxy {
-    FaultProxy::start(env.registry.addr).expect("starting fault proxy")
-}
-
-/// The reference as seen through the proxy.
-fn via(proxy: &FaultProxy, pushed: &testbed::PushedImage) -> String {
-    let (_, rest) = pushed.reference.split_once('/').unwrap();
-    format!("{}/{rest}", proxy.host())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_mid_blob_then_rerun_resumes_with_range() {
-    let env = Env::start();
-    let size = 12 << 20;
-    let img = push(
-        &env.registry.host(),
-        "big/resume:1",
-        &[linux("amd64", None, layers(100, &[Gzip], size))],
-        Format::Oci,
-        &env.path("images"),
-    );
-    let layer = img.manifests[0].layer_digests[0].clone();
-    let proxy = proxied(&env);
-    proxy.throttle(Some(2 << 20));
-    let reference = via(&proxy, &img);
-    let config = env.config(&[(&reference, true)], "");
-
-    let mut child = env.spawn_prewarm(&["pull", "--config", config.to_str().unwrap()]);
-    // Wait until several MiB of the layer are in containerd's ingest.
-    let ingest = env
-        .containerd
-        .root
-        .join("io.containerd.content.v1.content/ingest");
-    testbed::poll_until(
-        "a partial ingest of at least 4 MiB",
-        Duration::from_secs(60),
-        || {
-            let mut biggest = 0;
-            if let Ok(dirs) = std::fs::read_dir(&ingest) {
-                for d in dirs.flatten() {
-                    if let Ok(m) = std::fs::metadata(d.path().join("data")) {
-                        biggest = biggest.max(m.len());
-                    }
-                }
-            }
-            Ok((biggest >= 4 << 20).then_some(()))
-        },
-    )
-    .unwrap();
-    child.kill().unwrap(); // SIGKILL: no cleanup at all
-    child.wait().unwrap();
-    let first_run = proxy.bytes_sent_for(&layer);
-    assert!(
-        first_run < size as u64,
-        "killed before the end ({first_run})"
-    );
-
-    proxy.throttle(None);
-    let out = env.prewarm(&["pull", "--config", config.to_str().unwrap()]);
-    assert_eq!(exit_code(&out), 0);
-    let ranged: Vec<_> = proxy
-        .requests()
-        .into_iter()
-        .filter(|r| r.path.contains(&layer) && r.method == "GET")
-        .collect();
-    let resumed = ranged.last().unwrap();
-    let range = resumed
-        .range
-        .clone()
-        .expect("the re-run sent a Range request");
-    let from: u64 = range
-        .trim_start_matches("bytes=")
-        .trim_end_matches('-')
-        .parse()
-        .unwrap();
-    assert!(
-        from >= 4 << 20,
-        "resumed from the stored offset, not 0: {range}"
-    );
-    assert_eq!(resumed.status, 206);
-    let total = proxy.bytes_sent_for(&layer);
-    let compressed = img.manifests[0].compressed_size;
-    assert!(
-        total < compressed + (2 << 20),
-        "bytes were not downloaded twice: {total} sent for a {compressed}-byte image"
-    );
-    env.assert_visible_as(&reference, &img, 0).await;
+    core::resume_after_kill_9(&Env::start()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,10 +7,10 @@
 //! On each: a pull visible through CRI by tag and by digest, pinned;
 //! `prewarm status`; a re-run that finds everything present; the
 //! in-process unpack against that version's own; unpinning once the image
-//! leaves the list, and gc removing it; a pull without kept layer blobs.
-//! Run on 1.6 only, as before: resume
-//! after kill -9, archives, faults, the disk budget, the IO cap, the node
-//! handoff.
+//! leaves the list, and gc removing it; a pull without kept layer blobs;
+//! resume after kill -9 with a Range request; import from an OCI archive
+//! with the registry down. Run on 1.6 only, as before: the rest of the
+//! faults, list sources, the disk budget, the IO cap, the node handoff.
 
 mod common;
 
@@ -19,7 +19,7 @@ use testbed::{Compression, Containerd};
 
 async fn core(suite: &str) {
     let binary = testbed::containerd_of_suite(suite).unwrap_or_else(|e| panic!("{e:#}"));
-    let env = Env::start_with(&binary);
+    let mut env = Env::start_with(&binary);
     eprintln!("containerd {} (Debian {suite})", env.containerd.version);
     let pushed = env.push_layers(
         "versions/app:1",
@@ -87,6 +87,9 @@ async fn core(suite: &str) {
         env.assert_visible_without_blobs(&lean).await;
     }
     assert_eq!(env.report().summary.present, 1, "{suite}: the second run");
+
+    common::core::resume_after_kill_9(&env).await;
+    common::core::import_from_an_archive(&mut env).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

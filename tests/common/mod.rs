@@ -3,6 +3,7 @@
 //! run it.
 #![allow(dead_code)]
 
+pub mod core;
 pub mod fidelity;
 
 use prewarm::containerd::Containerd as Client;
