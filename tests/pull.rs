@@ -263,3 +263,8 @@ async fn without_keep_layers_the_blobs_go_and_the_images_stay() {
     let statuses: Vec<_> = env.report().images.iter().map(|i| i.status).collect();
     assert_eq!(statuses, [ImageStatus::Present, ImageStatus::Present]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cri_pull_of_the_same_image_at_the_same_time() {
+    common::core::cri_pull_at_the_same_time(&Env::start()).await;
+}

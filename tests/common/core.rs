@@ -133,3 +133,69 @@ pub async fn import_from_an_archive(env: &mut Env) {
     env.assert_visible(&img, 0).await;
     env.registry.restart().unwrap();
 }
+
+/// kubelet pulls the same image through CRI while prewarm pulls it (a
+/// unit restarted over a running pull, or the `alongside` drop-in): both
+/// finish, one correct image is left, visible by tag and by digest, and no
+/// ingest is left half-written. On containerd 2.x, CRI's pull goes through
+/// the transfer service.
+pub async fn cri_pull_at_the_same_time(env: &Env) {
+    use k8s_cri::v1::{image_service_client::ImageServiceClient, ImageSpec, PullImageRequest};
+    let img = push(
+        &env.registry.host(),
+        "race/app:1",
+        &[linux(
+            "amd64",
+            None,
+            layers(600, &[Gzip, Gzip, Gzip], 2 << 20),
+        )],
+        Format::Oci,
+        &env.path("images"),
+    );
+    // Both through a slow proxy, so that the pulls overlap: prewarm takes
+    // its layers one at a time, a second or more each.
+    let proxy = proxied(env);
+    proxy.throttle(Some(2 << 20));
+    env.containerd
+        .write_hosts_toml(&proxy.host(), &format!("http://{}", proxy.host()), None)
+        .unwrap();
+    let reference = via(&proxy, &img);
+    let config = env.config(&[(&reference, true)], "");
+    let mut child = env.spawn_prewarm(&["pull", "--config", config.to_str().unwrap()]);
+    let client = env.client().await;
+    let mut cri = ImageServiceClient::new(client.channel());
+    let pulled = cri
+        .pull_image(PullImageRequest {
+            image: Some(ImageSpec {
+                image: reference.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "CRI PullImage {reference}: {e}\n{}",
+                env.containerd.log_tail()
+            )
+        })
+        .into_inner()
+        .image_ref;
+    let status = tokio::task::block_in_place(|| child.wait()).unwrap();
+    let report = env.report();
+    assert!(status.success(), "prewarm: {status}: {report:#?}");
+    assert!(
+        matches!(
+            report.images[0].status,
+            ImageStatus::Pulled | ImageStatus::Present
+        ),
+        "{report:#?}"
+    );
+    assert_eq!(pulled, img.manifests[0].config_digest);
+    env.assert_visible_as(&reference, &img, 0).await;
+    let active = env.containerd.ctr(&["content", "active"]).unwrap();
+    assert!(
+        active.lines().skip(1).all(|l| l.trim().is_empty()),
+        "ingests left behind: {active}"
+    );
+}
