@@ -1,6 +1,7 @@
 //! Faults against the real containerd and registry, through a
 //! fault-injecting proxy: a kill -9 mid-blob resumes with a Range request,
-//! a registry answering 500 recovers, a corrupted blob is never recorded.
+//! a registry answering 500 recovers, a corrupted blob is never recorded,
+//! and SIGTERM leaves an honest report.
 
 mod common;
 
@@ -88,4 +89,47 @@ async fn corrupted_blob_is_retried_and_never_recorded() {
     assert_eq!(exit_code(&out), 0);
     assert_eq!(env.report().images[0].status, ImageStatus::Pulled);
     env.assert_visible_as(&reference, &img, 0).await;
+}
+
+/// SIGTERM mid-download: the report says why the run ended, and what the
+/// unfinished image had downloaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_download_reports_what_was_downloaded() {
+    let env = Env::start();
+    let img = push(
+        &env.registry.host(),
+        "big/term:1",
+        &[linux("amd64", None, layers(200, &[Gzip], 8 << 20))],
+        Format::Oci,
+        &env.path("images"),
+    );
+    let layer = img.manifests[0].layer_digests[0].clone();
+    let proxy = proxied(&env);
+    proxy.throttle(Some(2 << 20));
+    let config = env.config(&[(&via(&proxy, &img), true)], "");
+    let mut child = env.spawn_prewarm(&["pull", "--config", config.to_str().unwrap()]);
+    testbed::poll_until(
+        "2 MiB of the layer sent",
+        std::time::Duration::from_secs(60),
+        || Ok((proxy.bytes_sent_for(&layer) >= 2 << 20).then_some(())),
+    )
+    .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(3), "a required image is missing");
+    let report = env.report();
+    assert_eq!(report.interrupted.as_deref(), Some("stopped by SIGTERM"));
+    let image = &report.images[0];
+    assert_eq!(image.status, ImageStatus::Failed);
+    assert_eq!(image.reason.as_deref(), Some("stopped by SIGTERM"));
+    assert!(
+        image.bytes >= 2 << 20 && image.bytes <= proxy.bytes_sent_for(&layer),
+        "{} bytes reported, {} sent",
+        image.bytes,
+        proxy.bytes_sent_for(&layer)
+    );
 }

@@ -214,8 +214,9 @@ impl Engine {
         }
     }
 
-    /// Carries out one planned image.
-    async fn execute(&self, p: &PlannedImage) -> ImageReport {
+    /// Carries out one planned image, counting the bytes it downloads in
+    /// `received` (read for the report even when the run is cut short).
+    async fn execute(&self, p: &PlannedImage, received: &AtomicU64) -> ImageReport {
         let t0 = Instant::now();
         let mut report = unfinished(&p.entry, "");
         report.reason = None;
@@ -248,9 +249,8 @@ impl Engine {
                 ));
             }
             (Ok(Decision::Pull), Some(r)) => {
-                let bytes = AtomicU64::new(0);
                 let unpacked_by = Mutex::new(BTreeSet::new());
-                let pulled = self.pull_image(r, &bytes, &unpacked_by).await;
+                let pulled = self.pull_image(r, received, &unpacked_by).await;
                 report.unpacked_by = unpacked_by
                     .into_inner()
                     .unwrap_or_else(PoisonError::into_inner)
@@ -266,7 +266,7 @@ impl Engine {
                         report.reason = Some(why);
                     }
                 }
-                report.bytes = bytes.load(Ordering::Relaxed);
+                report.bytes = received.load(Ordering::Relaxed);
             }
         }
         report.seconds = t0.elapsed().as_secs_f64();
@@ -557,12 +557,21 @@ impl Engine {
 /// The last stage of a run, one planned image at a time: the engine's
 /// pull, or a stand-in in tests.
 pub trait ImageStep {
-    fn run<'a>(&'a self, p: &'a PlannedImage) -> LocalBoxFuture<'a, ImageReport>;
+    /// Runs `p`, adding the bytes it downloads to `received` as they come.
+    fn run<'a>(
+        &'a self,
+        p: &'a PlannedImage,
+        received: &'a AtomicU64,
+    ) -> LocalBoxFuture<'a, ImageReport>;
 }
 
 impl ImageStep for Engine {
-    fn run<'a>(&'a self, p: &'a PlannedImage) -> LocalBoxFuture<'a, ImageReport> {
-        Box::pin(self.execute(p))
+    fn run<'a>(
+        &'a self,
+        p: &'a PlannedImage,
+        received: &'a AtomicU64,
+    ) -> LocalBoxFuture<'a, ImageReport> {
+        Box::pin(self.execute(p, received))
     }
 }
 
@@ -579,6 +588,7 @@ pub async fn run_bounded(
 ) -> (Vec<ImageReport>, Option<String>) {
     let mut results: Vec<Option<ImageReport>> = Vec::new();
     let mut planned: Vec<PlannedImage> = Vec::new();
+    let mut received: Vec<AtomicU64> = Vec::new();
     let interrupted = {
         let work = async {
             planned = match planner.plan().await {
@@ -590,10 +600,12 @@ pub async fn run_bounded(
             };
             tracing::debug!(images = planned.len(), "planned");
             results = vec![None; planned.len()];
+            received = planned.iter().map(|_| AtomicU64::new(0)).collect();
             let results_ref = &std::sync::Mutex::new(&mut results);
+            let received = &received;
             futures_util::stream::iter(planned.iter().enumerate())
                 .for_each_concurrent(concurrency.max(1), |(i, p)| async move {
-                    let report = step.run(p).await;
+                    let report = step.run(p, &received[i]).await;
                     if let Ok(mut g) = results_ref.lock() {
                         g[i] = Some(report);
                     }
@@ -617,9 +629,12 @@ pub async fn run_bounded(
         planned
             .iter()
             .zip(results)
-            .map(|(p, r)| {
+            .zip(&received)
+            .map(|((p, r), received)| {
                 r.unwrap_or_else(|| {
                     let mut u = unfinished(&p.entry, interrupted.as_deref().unwrap_or("not run"));
+                    // What an image cut short had downloaded is on the node.
+                    u.bytes = received.load(Ordering::Relaxed);
                     if let Some(r) = &p.resolved {
                         u.digest = Some(r.top().desc.digest.clone());
                         u.image_id = Some(r.image_id().to_string());
@@ -669,9 +684,15 @@ mod tests {
     struct Step;
 
     impl ImageStep for Step {
-        fn run<'a>(&'a self, p: &'a PlannedImage) -> LocalBoxFuture<'a, ImageReport> {
+        fn run<'a>(
+            &'a self,
+            p: &'a PlannedImage,
+            received: &'a AtomicU64,
+        ) -> LocalBoxFuture<'a, ImageReport> {
             Box::pin(async move {
                 if p.entry.reference.repository.contains("slow") {
+                    // Part of it downloaded, then stuck.
+                    received.fetch_add(12345, Ordering::Relaxed);
                     futures_util::future::pending::<()>().await;
                 }
                 let mut r = unfinished(&p.entry, "");
@@ -733,6 +754,7 @@ mod tests {
         let slow = by_name(&images, "slow");
         assert_eq!(slow.status, ImageStatus::Failed);
         assert_eq!(slow.reason.as_deref(), Some("deadline of 600s passed"));
+        assert_eq!(slow.bytes, 12345, "what it downloaded is reported");
         // Resolved before the deadline: what it is, is known.
         assert!(slow.digest.is_some() && slow.image_id.is_some());
         assert!(slow.size > 200);
@@ -758,10 +780,9 @@ mod tests {
             run(&w, Duration::from_secs(3600), Some(Duration::from_secs(5))).await;
         assert_eq!(interrupted.as_deref(), Some("stopped by SIGTERM"));
         assert_eq!(by_name(&images, "fast").status, ImageStatus::Pulled);
-        assert_eq!(
-            by_name(&images, "slow").reason.as_deref(),
-            Some("stopped by SIGTERM")
-        );
+        let slow = by_name(&images, "slow");
+        assert_eq!(slow.reason.as_deref(), Some("stopped by SIGTERM"));
+        assert_eq!(slow.bytes, 12345, "what it downloaded is reported");
     }
 
     #[tokio::test(start_paused = true)]
