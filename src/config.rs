@@ -336,13 +336,78 @@ pub struct ImageEntry {
 }
 
 impl ImageEntry {
-    /// Takes in another entry for the same image, from another list or
-    /// by another name: the higher priority, required if either is. (A
-    /// later fragment's `[[images]]` entry for the same reference replaces
-    /// the earlier one instead, as every later fragment's key does.)
+    /// Takes in another entry for the same image, from another fragment or
+    /// list, or by another name: the higher priority, required if either
+    /// is. The first entry's place (source and key) is kept.
     pub fn absorb(&mut self, other: &ImageEntry) {
         self.priority = self.priority.max(other.priority);
         self.required |= other.required;
+    }
+}
+
+/// Image entries, one per reference, in the order first listed. A second
+/// entry for a reference is absorbed ([`ImageEntry::absorb`]), with a
+/// warning when it says the image is not required while an earlier entry
+/// requires it. Adding is constant time, so lists of any length load in
+/// linear time.
+#[derive(Debug, Clone, Default)]
+pub struct ImageList {
+    entries: Vec<ImageEntry>,
+    index: std::collections::HashMap<Reference, usize>,
+}
+
+impl ImageList {
+    pub fn add(&mut self, entry: ImageEntry) {
+        match self.index.get(&entry.reference) {
+            Some(&i) => {
+                let first = &mut self.entries[i];
+                if first.required && !entry.required {
+                    tracing::warn!(
+                        image = %entry.reference,
+                        "{} in {} lists the image as not required; it stays required, as {} in {} says",
+                        entry.key,
+                        entry.source.display(),
+                        first.key,
+                        first.source.display()
+                    );
+                }
+                first.absorb(&entry);
+            }
+            None => {
+                self.index
+                    .insert(entry.reference.clone(), self.entries.len());
+                self.entries.push(entry);
+            }
+        }
+    }
+}
+
+impl std::ops::Deref for ImageList {
+    type Target = [ImageEntry];
+    fn deref(&self) -> &[ImageEntry] {
+        &self.entries
+    }
+}
+
+impl FromIterator<ImageEntry> for ImageList {
+    fn from_iter<I: IntoIterator<Item = ImageEntry>>(iter: I) -> Self {
+        let mut list = ImageList::default();
+        iter.into_iter().for_each(|e| list.add(e));
+        list
+    }
+}
+
+impl Extend<ImageEntry> for ImageList {
+    fn extend<I: IntoIterator<Item = ImageEntry>>(&mut self, iter: I) {
+        iter.into_iter().for_each(|e| self.add(e));
+    }
+}
+
+impl IntoIterator for ImageList {
+    type Item = ImageEntry;
+    type IntoIter = std::vec::IntoIter<ImageEntry>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.entries.into_iter()
     }
 }
 
@@ -504,7 +569,7 @@ pub struct Settings {
     pub pull: PullSettings,
     pub throttle: ThrottleSettings,
     pub disk: DiskSettings,
-    pub images: Vec<ImageEntry>,
+    pub images: ImageList,
     /// Where more list entries come from (`[[sources]]`), in order.
     pub list_sources: Vec<source::ListSource>,
     pub handoff: Handoff,
@@ -916,7 +981,7 @@ impl Settings {
                 max_usage_percent: 80,
                 unpack_ratio: 2.5,
             },
-            images: Vec::new(),
+            images: ImageList::default(),
             list_sources: Vec::new(),
             handoff: Handoff {
                 mode: HandoffMode::Direct,
@@ -1097,7 +1162,7 @@ impl Settings {
             let key = format!("images[{i}].ref");
             let reference =
                 Reference::parse(&img.reference).map_err(|e| invalid(path, &key, e.to_string()))?;
-            self.add_image(ImageEntry {
+            self.images.add(ImageEntry {
                 reference,
                 priority: img.priority.unwrap_or(0),
                 required: img.required.unwrap_or(false),
@@ -1157,19 +1222,6 @@ impl Settings {
             }
         }
         Ok(())
-    }
-
-    /// A later fragment's entry for the same reference replaces the
-    /// earlier one.
-    fn add_image(&mut self, entry: ImageEntry) {
-        match self
-            .images
-            .iter_mut()
-            .find(|e| e.reference == entry.reference)
-        {
-            Some(existing) => *existing = entry,
-            None => self.images.push(entry),
-        }
     }
 
     fn apply_handoff(&mut self, path: &Path, h: RawHandoff) -> Result<(), ConfigError> {
@@ -1363,7 +1415,7 @@ impl Settings {
         for r in &o.images {
             let reference =
                 Reference::parse(r).map_err(|e| invalid(flags, "--image", e.to_string()))?;
-            self.add_image(ImageEntry {
+            self.images.add(ImageEntry {
                 reference,
                 priority: 0,
                 required: true,
@@ -1425,10 +1477,11 @@ mod tests {
         .unwrap();
         assert_eq!(s.pull.concurrency.get(), 4);
         assert_eq!(s.images.len(), 2);
+        // One entry for `a`: the higher priority; where it was first listed.
         assert_eq!(s.images[0].priority, 7);
         assert_eq!(
             s.images[0].source,
-            PathBuf::from("/etc/prewarm/config.d/50-site.toml")
+            PathBuf::from("/usr/lib/prewarm/config.d/10-defaults.toml")
         );
         assert!(s.images[1].required);
         assert_eq!(s.throttle.bandwidth.unwrap().get(), 20 << 20);

@@ -15,7 +15,7 @@
 
 use crate::archive::Archive;
 use crate::config::source::{parse_sha256_hex, Checksum, ListSource, SourceKind};
-use crate::config::{ImageEntry, RawImage};
+use crate::config::{ImageEntry, ImageList, RawImage};
 use crate::reference::Reference;
 use crate::report::{SourceReport, SourceStatus};
 use serde::Deserialize;
@@ -42,7 +42,7 @@ pub enum SourceError {
 /// The merged list and what was read to make it.
 #[derive(Default)]
 pub struct Loaded {
-    pub images: Vec<ImageEntry>,
+    pub images: ImageList,
     pub archives: Vec<Arc<Archive>>,
     pub reports: Vec<SourceReport>,
 }
@@ -105,7 +105,7 @@ pub fn parse_list(
     origin: &Path,
     text: &str,
     require_digest: bool,
-) -> Result<Vec<ImageEntry>, SourceError> {
+) -> Result<ImageList, SourceError> {
     let entry_err = |at: String, message: String| SourceError::Entry {
         list: src.name.clone(),
         at,
@@ -159,7 +159,7 @@ pub fn parse_list(
             ));
         }
     }
-    let mut out = Vec::with_capacity(raw.len());
+    let mut out = ImageList::default();
     for (at, img) in raw {
         let reference =
             Reference::parse(&img.reference).map_err(|e| entry_err(at.clone(), e.to_string()))?;
@@ -169,27 +169,15 @@ pub fn parse_list(
                 crate::config::require_digest_message(&reference),
             ));
         }
-        merge_into(
-            &mut out,
-            ImageEntry {
-                reference,
-                priority: img.priority.unwrap_or(src.priority),
-                required: img.required.unwrap_or(src.required),
-                source: origin.to_path_buf(),
-                key: at,
-            },
-        );
+        out.add(ImageEntry {
+            reference,
+            priority: img.priority.unwrap_or(src.priority),
+            required: img.required.unwrap_or(src.required),
+            source: origin.to_path_buf(),
+            key: at,
+        });
     }
     Ok(out)
-}
-
-/// Adds `entry`, or merges it into an entry with the same reference: the
-/// higher priority, required if either is.
-pub fn merge_into(list: &mut Vec<ImageEntry>, entry: ImageEntry) {
-    match list.iter_mut().find(|e| e.reference == entry.reference) {
-        Some(e) => e.absorb(&entry),
-        None => list.push(entry),
-    }
 }
 
 /// Where a remote source's last good copy lives: named after what it
@@ -278,19 +266,16 @@ pub async fn load(s: &crate::config::Settings) -> Loaded {
                 let name = src.name.clone();
                 match tokio::task::spawn_blocking(move || Archive::open_all(&path)).await {
                     Ok(Ok(archives)) => {
-                        let mut entries = Vec::new();
+                        let mut entries = ImageList::default();
                         for a in archives {
                             for img in a.images() {
-                                merge_into(
-                                    &mut entries,
-                                    ImageEntry {
-                                        reference: img.reference.clone(),
-                                        priority: src.priority,
-                                        required: src.required,
-                                        source: a.path().to_path_buf(),
-                                        key: img.name_key.clone(),
-                                    },
-                                );
+                                entries.add(ImageEntry {
+                                    reference: img.reference.clone(),
+                                    priority: src.priority,
+                                    required: src.required,
+                                    source: a.path().to_path_buf(),
+                                    key: img.name_key.clone(),
+                                });
                             }
                             loaded.archives.push(Arc::new(a));
                         }
@@ -310,9 +295,7 @@ pub async fn load(s: &crate::config::Settings) -> Loaded {
         match entries {
             Ok(entries) => {
                 report.images = entries.len();
-                for e in entries {
-                    merge_into(&mut loaded.images, e);
-                }
+                loaded.images.extend(entries);
             }
             Err(e) => {
                 let why = crate::error_chain(&e);
@@ -323,9 +306,7 @@ pub async fn load(s: &crate::config::Settings) -> Loaded {
         }
         loaded.reports.push(report);
     }
-    for e in &s.images {
-        merge_into(&mut loaded.images, e.clone());
-    }
+    loaded.images.extend(s.images.iter().cloned());
     loaded
 }
 
@@ -333,7 +314,7 @@ fn read_file(
     src: &ListSource,
     path: &Path,
     require_digest: bool,
-) -> Result<Vec<ImageEntry>, SourceError> {
+) -> Result<ImageList, SourceError> {
     let bytes = std::fs::read(path).map_err(|e| SourceError::Read {
         list: src.name.clone(),
         message: format!("reading {}: {e}", path.display()),
@@ -376,7 +357,7 @@ fn read_remote(
     origin: &Path,
     s: &crate::config::Settings,
     report: &mut SourceReport,
-) -> Result<Vec<ImageEntry>, SourceError> {
+) -> Result<ImageList, SourceError> {
     let Some(cache) = cache_path(&s.pull.state_dir, &src.kind) else {
         return Err(SourceError::Read {
             list: src.name.clone(),
@@ -463,7 +444,7 @@ fn read_cache(
     fixed_sha256: Option<&str>,
     origin: &Path,
     require_digest: bool,
-) -> Result<(String, Vec<ImageEntry>), String> {
+) -> Result<(String, ImageList), String> {
     let body = match std::fs::read(cache) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -660,8 +641,7 @@ mod tests {
             source: "/x".into(),
             key: "line 1".into(),
         };
-        let mut l = vec![e(1, true)];
-        merge_into(&mut l, e(7, false));
+        let l: ImageList = [e(1, true), e(7, false)].into_iter().collect();
         assert_eq!(l.len(), 1);
         assert_eq!((l[0].priority, l[0].required), (7, true));
     }

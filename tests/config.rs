@@ -99,6 +99,37 @@ fn fragments_merge_in_directory_order() {
     assert!(stderr.contains("40-broken.toml"), "{stderr}");
 }
 
+/// The same image in two fragments is one entry, under one rule (as in
+/// the lists): the higher priority, required if either says so, with a
+/// warning that names both places when a later one says otherwise.
+#[test]
+fn a_later_entry_does_not_make_a_required_image_optional() {
+    let root = tempfile::tempdir().unwrap();
+    let write = |rel: &str, text: &str| {
+        let p = root.path().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    };
+    write(
+        "usr/lib/prewarm/config.d/10-defaults.toml",
+        "version = 1\n[[images]]\nref = \"a:1\"\nrequired = true\n",
+    );
+    write(
+        "etc/prewarm/config.d/30-site.toml",
+        "version = 1\n[[images]]\nref = \"b:1\"\n[[images]]\nref = \"a:1\"\nrequired = false\n",
+    );
+    let (code, stdout, stderr) = check_config(root.path(), None);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("2 images from 2 fragment(s)"), "{stdout}");
+    assert!(
+        stderr.contains("stays required")
+            && stderr.contains("images[1] in")
+            && stderr.contains("30-site.toml")
+            && stderr.contains("10-defaults.toml"),
+        "{stderr}"
+    );
+}
+
 /// The full configuration the README shows is one prewarm accepts as it
 /// stands, so that operators can start from it.
 #[test]

@@ -145,22 +145,38 @@ impl Planner<'_> {
 /// entry into a tagged one, or `repo:tag` into `repo:tag@digest`. The image
 /// is planned once, with the higher priority, required if either is.
 fn merge_same_images(mut prepared: Vec<Prepared>) -> Vec<Prepared> {
+    // Tagged entries by (repository, digest), and by tag too, in list
+    // order: each entry looks only at the entries naming its image.
+    type Key = (String, String, Option<String>);
+    let mut tagged: std::collections::HashMap<Key, Vec<usize>> = Default::default();
+    for (j, p) in prepared.iter().enumerate() {
+        if let Prepared::Ready { r, .. } = p {
+            let e = &r.entry.reference;
+            if e.tag.is_some() {
+                let digest = r.top().desc.digest.clone();
+                for tag in [None, e.tag.clone()] {
+                    let key = (e.name(), digest.clone(), tag);
+                    tagged.entry(key).or_default().push(j);
+                }
+            }
+        }
+    }
     for i in 0..prepared.len() {
         let (entry, digest) = match &prepared[i] {
             Prepared::Ready { r, .. } => (r.entry.clone(), r.top().desc.digest.clone()),
             _ => continue,
         };
-        let (name, tag) = (entry.reference.name(), &entry.reference.tag);
-        let target = prepared.iter().enumerate().position(|(j, p)| match p {
-            Prepared::Ready { r, .. } => {
-                let e = &r.entry.reference;
-                j != i
-                    && e.name() == name
-                    && r.top().desc.digest == digest
-                    && e.tag.is_some()
-                    && (tag.is_none() || &e.tag == tag)
-            }
-            _ => false,
+        // A digest-only entry goes into any tagged one; a tagged one only
+        // into one with the same tag.
+        let key = (
+            entry.reference.name(),
+            digest.clone(),
+            entry.reference.tag.clone(),
+        );
+        let target = tagged.get(&key).and_then(|js| {
+            js.iter()
+                .copied()
+                .find(|&j| j != i && matches!(prepared[j], Prepared::Ready { .. }))
         });
         if let Some(j) = target {
             if let Prepared::Ready { r, .. } = &mut prepared[j] {
