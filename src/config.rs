@@ -193,11 +193,11 @@ pub(crate) struct RawImage {
 // ---------------------------------------------------------------------------
 // Value types with human syntax.
 
-/// A byte count: `512`, `"10GiB"`, `"500MB"`.
+/// A byte count with its unit: `"10GiB"`, `"500MB"`, `"512B"` (or `0`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ByteSize(pub u64);
 
-/// A rate in bytes per second: `"50MiB/s"`, `1048576`.
+/// A rate in bytes per second, with its unit: `"50MiB/s"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rate(pub NonZeroU64);
 
@@ -216,7 +216,15 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
         .parse()
         .map_err(|_| format!("{s:?} is not a size like \"10GiB\" or \"500MB\""))?;
     let mult: u64 = match unit.to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
+        // A bare number would silently mean bytes: `reserve = 5` is five
+        // bytes, not five GiB. Only zero needs no unit.
+        "" if n == 0.0 => 1,
+        "" => {
+            return Err(format!(
+                "{s:?} needs a unit, or it means {s} bytes: write \"{s}GiB\", \"{s}MB\" or \"{s}B\""
+            ))
+        }
+        "b" => 1,
         "k" | "kb" => 1_000,
         "ki" | "kib" => 1 << 10,
         "m" | "mb" => 1_000_000,
@@ -1449,7 +1457,11 @@ mod tests {
     fn human_units() {
         assert_eq!(parse_bytes("10GiB").unwrap(), 10 << 30);
         assert_eq!(parse_bytes("1.5 GB").unwrap(), 1_500_000_000);
-        assert_eq!(parse_bytes("512").unwrap(), 512);
+        assert_eq!(parse_bytes("512B").unwrap(), 512);
+        assert_eq!(parse_bytes("0").unwrap(), 0);
+        let bare = parse_bytes("5").unwrap_err();
+        assert!(bare.contains("needs a unit"), "{bare}");
+        assert!(parse_rate("1048576").is_err());
         assert!(parse_bytes("ten").is_err());
         assert!(parse_bytes("5 parsecs").is_err());
         assert_eq!(parse_rate("50MiB/s").unwrap().get(), 50 << 20);
