@@ -1,7 +1,8 @@
 //! Faults against the real containerd and registry, through a
 //! fault-injecting proxy: a kill -9 mid-blob resumes with a Range request,
 //! a registry answering 500 recovers, a corrupted blob is never recorded,
-//! and SIGTERM leaves an honest report.
+//! a blob another writer holds is waited for, and SIGTERM leaves an honest
+//! report.
 
 mod common;
 
@@ -132,4 +133,65 @@ async fn sigterm_mid_download_reports_what_was_downloaded() {
         image.bytes,
         proxy.bytes_sent_for(&layer)
     );
+}
+
+/// Another writer holds the layer's ingest ref (kubelet's CRI pull writes
+/// under the same refs): prewarm waits for it rather than failing, with no
+/// retries at all, and ends with the image once the other writer is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_another_writer_holds_is_waited_for() {
+    let env = Env::start();
+    let img = push(
+        &env.registry.host(),
+        "held/app:1",
+        &[linux("amd64", None, layers(300, &[Gzip], 1 << 20))],
+        Format::Oci,
+        &env.path("images"),
+    );
+    let built = &img.manifests[0];
+    let layer = prewarm::containerd::Desc {
+        media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+        digest: built.layer_digests[0].clone(),
+        size: built.compressed_size as i64,
+    };
+    let client = env.client().await;
+    client
+        .lease_create("other-writer", std::time::Duration::from_secs(600))
+        .await
+        .unwrap();
+    let (_, held) = client
+        .content_writer(&format!("layer-{}", layer.digest), &layer, "other-writer")
+        .await
+        .unwrap();
+    assert!(held.is_some(), "the test holds the ingest");
+
+    let config = env.config_with(&[(&img.reference, true)], "retries = 0", "");
+    let log = env.path("held.log");
+    let mut child = env.spawn_prewarm_logging(
+        &["pull", "--config", config.to_str().unwrap()],
+        std::fs::File::create(&log).unwrap(),
+    );
+    testbed::poll_until(
+        "prewarm waiting for the other writer",
+        std::time::Duration::from_secs(60),
+        || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            Ok(text.contains("held by another writer").then_some(()))
+        },
+    )
+    .unwrap();
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "still waiting, not failed"
+    );
+    // The other writer goes away without committing.
+    drop(held);
+    let status = tokio::task::block_in_place(|| child.wait()).unwrap();
+    assert!(
+        status.success(),
+        "{status}: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert_eq!(env.report().images[0].status, ImageStatus::Pulled);
+    env.assert_visible(&img, 0).await;
 }

@@ -24,6 +24,19 @@ const DISK_CHECK_EVERY: u64 = 16 << 20;
 /// How often free space is read while containerd unpacks.
 const DISK_WATCH_INTERVAL: Duration = Duration::from_millis(200);
 
+/// How often a blob another writer holds is looked for.
+const LOCK_POLL: Duration = Duration::from_millis(200);
+
+/// containerd's answer for an ingest ref another writer holds.
+fn is_locked(e: &crate::containerd::ContainerdError) -> bool {
+    match e {
+        crate::containerd::ContainerdError::Call { status, .. } => {
+            status.code() == tonic::Code::Unavailable && status.message().contains("locked")
+        }
+        _ => false,
+    }
+}
+
 /// The free space a run must leave on the image filesystem.
 pub struct Reserve {
     pub disk: Arc<dyn DiskProbe>,
@@ -69,6 +82,35 @@ pub struct Fetcher<'a> {
 }
 
 impl Fetcher<'_> {
+    /// Opens the content writer for `reference`. While another writer
+    /// holds it (containerd answers that the ref is locked: kubelet's CRI
+    /// pull, or another prewarm, is writing the same blob), waits for that
+    /// writer: the blob then exists, or the ref is free. The wait is not a
+    /// failed attempt; the run's deadline bounds it.
+    async fn writer(
+        &self,
+        reference: &str,
+        desc: &Desc,
+        lease: &str,
+    ) -> Result<(WriteStart, Option<crate::containerd::ContentWriter>), PullError> {
+        let mut said = false;
+        loop {
+            match self.containerd.content_writer(reference, desc, lease).await {
+                Err(e) if is_locked(&e) => {
+                    if !said {
+                        tracing::info!(%reference, "held by another writer; waiting for it");
+                        said = true;
+                    }
+                    if self.containerd.content_info(&desc.digest).await?.is_some() {
+                        return Ok((WriteStart::Exists, None));
+                    }
+                    tokio::time::sleep(LOCK_POLL).await;
+                }
+                other => return Ok(other?),
+            }
+        }
+    }
+
     /// Stores an in-memory blob under its Go-client ref name.
     pub async fn store_small(
         &self,
@@ -86,11 +128,7 @@ impl Fetcher<'_> {
                     let labels = labels.clone();
                     let reference = reference.clone();
                     async move {
-                        match self
-                            .containerd
-                            .content_writer(&reference, &b.desc, lease)
-                            .await?
-                        {
+                        match self.writer(&reference, &b.desc, lease).await? {
                             (WriteStart::Exists, _) | (_, None) => {
                                 self.containerd
                                     .content_label(&b.desc.digest, labels)
@@ -131,10 +169,7 @@ impl Fetcher<'_> {
                     let labels = labels.clone();
                     let reference = reference.clone();
                     async move {
-                        let (start, writer) = self
-                            .containerd
-                            .content_writer(&reference, layer, lease)
-                            .await?;
+                        let (start, writer) = self.writer(&reference, layer, lease).await?;
                         let mut w = match (start, writer) {
                             (WriteStart::Exists, _) | (_, None) => {
                                 self.containerd.content_label(&layer.digest, labels).await?;

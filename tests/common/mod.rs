@@ -85,6 +85,15 @@ impl Env {
     /// Starts the prewarm binary with `args` and this env's config root,
     /// its output thrown away: for tests that kill it mid-run.
     pub fn spawn_prewarm(&self, args: &[&str]) -> std::process::Child {
+        self.spawn_prewarm_logging(args, std::process::Stdio::null())
+    }
+
+    /// [`Env::spawn_prewarm`] with its log (stderr) going to `log`.
+    pub fn spawn_prewarm_logging(
+        &self,
+        args: &[&str],
+        log: impl Into<std::process::Stdio>,
+    ) -> std::process::Child {
         let root = self.path("root");
         std::fs::create_dir_all(&root).expect("config root");
         Command::new(env!("CARGO_BIN_EXE_prewarm"))
@@ -92,7 +101,7 @@ impl Env {
             .arg(&root)
             .args(args)
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("starting prewarm")
     }
