@@ -59,14 +59,17 @@ fn every_bad_fixture_is_refused_with_file_and_key() {
     assert!(checked >= 48, "only {checked} fixtures checked");
 }
 
+/// Writes `text` at `rel` under `root`, making the directories.
+fn write_under(root: &Path, rel: &str, text: &str) {
+    let p = root.join(rel);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, text).unwrap();
+}
+
 #[test]
 fn fragments_merge_in_directory_order() {
     let root = tempfile::tempdir().unwrap();
-    let write = |rel: &str, text: &str| {
-        let p = root.path().join(rel);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, text).unwrap();
-    };
+    let write = |rel: &str, text: &str| write_under(root.path(), rel, text);
     write(
         "usr/lib/prewarm/config.d/10-defaults.toml",
         "version = 1\n[[images]]\nref = \"a\"\n",
@@ -105,11 +108,7 @@ fn fragments_merge_in_directory_order() {
 #[test]
 fn a_later_entry_does_not_make_a_required_image_optional() {
     let root = tempfile::tempdir().unwrap();
-    let write = |rel: &str, text: &str| {
-        let p = root.path().join(rel);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, text).unwrap();
-    };
+    let write = |rel: &str, text: &str| write_under(root.path(), rel, text);
     write(
         "usr/lib/prewarm/config.d/10-defaults.toml",
         "version = 1\n[[images]]\nref = \"a:1\"\nrequired = true\n",

@@ -230,14 +230,7 @@ fn pull_compressible_layers(env: &Env, name: &str, unpack: &str) -> prewarm::rep
         &format!("retries = 3\nunpack = {unpack:?}"),
         "[throttle]\nwrite-bandwidth = \"4MiB/s\"\n",
     );
-    let out = env.prewarm(&["pull", "--config", config.to_str().unwrap()]);
-    assert_eq!(
-        exit_code(&out),
-        0,
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report = env.report();
+    let report = env.pull_ok(&config);
     assert_eq!(report.images[0].unpacked_by, [unpack]);
     report
 }

@@ -218,13 +218,7 @@ async fn without_keep_layers_the_blobs_go_and_the_images_stay() {
         "retries = 0\nkeep-layers = false",
         "",
     );
-    let out = env.prewarm(&["pull", "--config", config.to_str().unwrap()]);
-    assert_eq!(
-        exit_code(&out),
-        0,
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    env.pull_ok(&config);
     env.assert_visible_without_blobs(&a).await;
     // The manifest and config stay: kubelet reads them.
     let client = env.client().await;
@@ -240,14 +234,7 @@ async fn without_keep_layers_the_blobs_go_and_the_images_stay() {
         "retries = 0\nkeep-layers = false",
         "",
     );
-    let out = env.prewarm(&["pull", "--config", config.to_str().unwrap()]);
-    assert_eq!(
-        exit_code(&out),
-        0,
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report = env.report();
+    let report = env.pull_ok(&config);
     let statuses: Vec<_> = report.images.iter().map(|i| i.status).collect();
     assert_eq!(statuses, [ImageStatus::Present, ImageStatus::Pulled]);
     let b_bytes = report.images[1].bytes;

@@ -228,14 +228,7 @@ async fn the_native_snapshotter_gets_whole_trees() {
         "version = 1\n[containerd]\nsnapshotter = \"native\"\n",
     )
     .unwrap();
-    let out = env.prewarm(&["pull", "--config", config.to_str().unwrap()]);
-    assert_eq!(
-        exit_code(&out),
-        0,
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report = env.report();
+    let report = env.pull_ok(&config);
     assert_eq!(report.snapshotter, "native");
     assert_eq!(report.images[0].unpacked_by, ["prewarm"]);
     let client = env.client().await;

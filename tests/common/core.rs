@@ -114,14 +114,7 @@ pub async fn import_from_an_archive(env: &mut Env) {
     env.registry.stop();
     let source = format!("[[sources]]\nkind = \"archive\"\npath = {archives:?}\nrequired = true\n");
     let config = env.config(&[], &source);
-    let out = env.prewarm(&["pull", "--config", config.to_str().unwrap()]);
-    assert_eq!(
-        exit_code(&out),
-        0,
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report = env.report();
+    let report = env.pull_ok(&config);
     assert_eq!(report.images.len(), 1, "{report:#?}");
     assert_eq!(report.images[0].status, ImageStatus::Pulled);
     assert!(report.images[0]

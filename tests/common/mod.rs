@@ -118,6 +118,19 @@ impl Env {
         )
     }
 
+    /// `prewarm pull --config config`, which must exit 0 (its log is
+    /// shown if not); returns the report.
+    pub fn pull_ok(&self, config: &Path) -> prewarm::report::Report {
+        let out = self.prewarm(&["pull", "--config", config.to_str().unwrap()]);
+        assert_eq!(
+            exit_code(&out),
+            0,
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.report()
+    }
+
     pub fn report(&self) -> prewarm::report::Report {
         prewarm::report::Report::read(&self.path("report.json")).expect("reading report")
     }
