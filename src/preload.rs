@@ -8,6 +8,7 @@ use crate::pull::{Engine, PlannedImage};
 use crate::report::{GcReport, IoCapReport, Report};
 use crate::{error_chain, gc, iocap, sources, throttle, Exit};
 use anyhow::Context;
+use nix::fcntl::{Flock, FlockArg};
 use std::time::Instant;
 
 /// What a pull would do, and on which disk.
@@ -53,6 +54,11 @@ pub async fn pull(
     settings: Settings,
     stop: impl std::future::Future<Output = String>,
 ) -> anyhow::Result<Outcome> {
+    tokio::pin!(stop);
+    let _one_at_a_time = tokio::select! {
+        held = hold_run_lock(&settings) => held?,
+        why = &mut stop => anyhow::bail!("{why} while waiting for another prewarm pull"),
+    };
     let started = Instant::now();
     let report_path = settings.pull.report.clone();
     let (mut engine, lists) = connect_with_lists(settings).await?;
@@ -71,7 +77,7 @@ pub async fn pull(
         .and_then(std::num::NonZeroU64::new)
         .filter(|_| !kernel_caps);
     engine.unpack_pace = throttle::Bandwidth::new(pace);
-    let mut report = engine.pull(started, stop).await;
+    let mut report = engine.pull(started, &mut stop).await;
     report.io_cap = match io_cap {
         Ok(None) => None,
         Ok(Some(cap)) => {
@@ -269,9 +275,56 @@ fn cap_containerd_writes(engine: &Engine) -> Result<Option<iocap::IoCap>, iocap:
 /// to the report, under /run, so a reboot (which resets cgroups) forgets
 /// them too.
 pub fn iocap_state_path(s: &Settings) -> std::path::PathBuf {
+    run_dir(s).join("iocap-state.json")
+}
+
+/// Where a run keeps what lives as long as the boot: the report's
+/// directory (`/run/prewarm`).
+fn run_dir(s: &Settings) -> &std::path::Path {
     s.pull
         .report
         .parent()
         .unwrap_or(std::path::Path::new("/run/prewarm"))
-        .join("iocap-state.json")
+}
+
+/// How often a waiting run tries the lock again.
+const LOCK_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// One pull at a time on a node. A second run (a unit restarted over a
+/// running pull, or a pull by hand) waits for the first, for at most its
+/// deadline, and then finds the images present. The report is written
+/// under the lock, so the last one written describes the node as it is.
+async fn hold_run_lock(s: &Settings) -> anyhow::Result<Flock<std::fs::File>> {
+    let path = run_dir(s).join("pull.lock");
+    std::fs::create_dir_all(run_dir(s))
+        .with_context(|| format!("creating {}", run_dir(s).display()))?;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let until = Instant::now() + s.pull.deadline;
+    let mut said = false;
+    loop {
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(held) => return Ok(held),
+            Err((f, nix::errno::Errno::EWOULDBLOCK)) => {
+                file = f;
+                if !said {
+                    tracing::info!(lock = %path.display(), "another prewarm pull is running; waiting for it");
+                    said = true;
+                }
+                if Instant::now() >= until {
+                    anyhow::bail!(
+                        "another prewarm pull held {} for the whole deadline of {:?}",
+                        path.display(),
+                        s.pull.deadline
+                    );
+                }
+                tokio::time::sleep(LOCK_POLL).await;
+            }
+            Err((_, e)) => anyhow::bail!("locking {}: {e}", path.display()),
+        }
+    }
 }

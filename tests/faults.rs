@@ -1,8 +1,8 @@
 //! Faults against the real containerd and registry, through a
 //! fault-injecting proxy: a kill -9 mid-blob resumes with a Range request,
 //! a registry answering 500 recovers, a corrupted blob is never recorded,
-//! a blob another writer holds is waited for, and SIGTERM leaves an honest
-//! report.
+//! a blob another writer holds is waited for, a second run waits for the
+//! first, and SIGTERM leaves an honest report.
 
 mod common;
 
@@ -194,4 +194,43 @@ async fn a_blob_another_writer_holds_is_waited_for() {
     );
     assert_eq!(env.report().images[0].status, ImageStatus::Pulled);
     env.assert_visible(&img, 0).await;
+}
+
+/// Two `prewarm pull` runs at once (a unit restarted over a running pull):
+/// the second waits for the first, then finds the image present; neither
+/// fails, and the report written last describes the node as it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_pull_waits_for_the_first() {
+    let env = Env::start();
+    let img = push(
+        &env.registry.host(),
+        "twice/app:1",
+        &[linux("amd64", None, layers(400, &[Gzip, Gzip], 2 << 20))],
+        Format::Oci,
+        &env.path("images"),
+    );
+    let proxy = proxied(&env);
+    proxy.throttle(Some(2 << 20));
+    let config = env.config(&[(&via(&proxy, &img), true)], "");
+    let args = ["pull", "--config", config.to_str().unwrap()];
+    let mut first = env.spawn_prewarm(&args);
+    let layer = &img.manifests[0].layer_digests[0];
+    testbed::poll_until(
+        "the first run downloading",
+        std::time::Duration::from_secs(60),
+        || Ok((proxy.bytes_sent_for(layer) > 0).then_some(())),
+    )
+    .unwrap();
+    let log = env.path("second.log");
+    let mut second = env.spawn_prewarm_logging(&args, std::fs::File::create(&log).unwrap());
+    let first = tokio::task::block_in_place(|| first.wait()).unwrap();
+    let second = tokio::task::block_in_place(|| second.wait()).unwrap();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        first.success() && second.success(),
+        "{first} {second}: {text}"
+    );
+    assert!(text.contains("another prewarm pull is running"), "{text}");
+    assert_eq!(env.report().images[0].status, ImageStatus::Present);
+    env.assert_visible_as(&via(&proxy, &img), &img, 0).await;
 }
