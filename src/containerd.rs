@@ -75,7 +75,34 @@ impl ContainerdError {
             Some(Code::Unavailable | Code::FailedPrecondition | Code::Aborted | Code::Unknown)
         ) || matches!(self, ContainerdError::Connect { .. })
     }
+
+    /// containerd itself went away mid-call (stopped, restarted, crashed):
+    /// the stream closed, or the connection failed. Not an answer it gave.
+    pub fn is_gone(&self) -> bool {
+        match self {
+            ContainerdError::Connect { .. } => true,
+            ContainerdError::Protocol { message, .. } => message == CLOSED,
+            ContainerdError::Call { status, .. } => match status.code() {
+                Code::Unavailable => !status.message().contains("locked"),
+                Code::Unknown | Code::Cancelled | Code::Internal => {
+                    let m = status.message().to_ascii_lowercase();
+                    [
+                        "transport",
+                        "connection",
+                        "broken pipe",
+                        "h2 protocol",
+                        "stream",
+                    ]
+                    .iter()
+                    .any(|w| m.contains(w))
+                }
+                _ => false,
+            },
+        }
+    }
 }
+
+const CLOSED: &str = "containerd closed the stream";
 
 /// A descriptor as containerd wants it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,6 +183,18 @@ impl Containerd {
             .map_err(|_| err(format!("version call unanswered within {timeout:?}")))?
             .map_err(|s| err(s.to_string()))?;
         Ok(c)
+    }
+
+    /// Does containerd answer (its Version call, within two seconds)? The
+    /// channel reconnects by itself once the daemon is back.
+    pub async fn answers(&self) -> bool {
+        let mut v = containerd_client::services::v1::version_client::VersionClient::new(
+            self.channel.clone(),
+        );
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), v.version(Request::new(()))).await,
+            Ok(Ok(_))
+        )
     }
 
     /// The channel, for CRI calls over the same socket.
@@ -765,6 +804,6 @@ fn closed(op: &'static str, subject: &str) -> ContainerdError {
     ContainerdError::Protocol {
         op,
         subject: subject.to_string(),
-        message: "containerd closed the stream".into(),
+        message: CLOSED.into(),
     }
 }

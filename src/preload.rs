@@ -116,10 +116,15 @@ pub async fn pull(
         .with_context(|| format!("writing the report to {}", report_path.display()))?;
     let exit = list_exit(
         &lists,
-        if report.summary.required_missing > 0 {
-            Exit::RequiredMissing
-        } else {
+        if report.summary.required_missing == 0 {
             Exit::Ok
+        } else if !engine.containerd.answers().await {
+            // What is missing is missing because containerd went away and
+            // did not come back within the deadline.
+            tracing::error!(socket = %engine.settings.containerd.socket.display(), "containerd does not answer");
+            Exit::Unreachable
+        } else {
+            Exit::RequiredMissing
         },
     );
     Ok(Outcome { report, exit })

@@ -234,3 +234,74 @@ async fn a_second_pull_waits_for_the_first() {
     assert_eq!(env.report().images[0].status, ImageStatus::Present);
     env.assert_visible_as(&via(&proxy, &img), &img, 0).await;
 }
+
+/// containerd restarted mid-pull (stopped, then started again on the same
+/// root): prewarm waits for it, resumes under the same lease, and ends
+/// with the image, downloading nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containerd_restarted_mid_pull_is_waited_for() {
+    let mut env = Env::start();
+    let img = push(
+        &env.registry.host(),
+        "restart/app:1",
+        &[linux("amd64", None, layers(500, &[Gzip, Gzip], 3 << 20))],
+        Format::Oci,
+        &env.path("images"),
+    );
+    let proxy = proxied(&env);
+    proxy.throttle(Some(2 << 20));
+    let reference = via(&proxy, &img);
+    let config = env.config_with(&[(&reference, true)], "retries = 1", "");
+    let log = env.path("restart.log");
+    let mut child = env.spawn_prewarm_logging(
+        &["pull", "--config", config.to_str().unwrap()],
+        std::fs::File::create(&log).unwrap(),
+    );
+    let first = img.manifests[0].layer_digests[0].clone();
+    let ingest = env
+        .containerd
+        .root
+        .join("io.containerd.content.v1.content/ingest");
+    testbed::poll_until(
+        "1 MiB of the first layer in containerd's ingest",
+        std::time::Duration::from_secs(60),
+        || {
+            let stored = std::fs::read_dir(&ingest)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|d| std::fs::metadata(d.path().join("data")).ok())
+                .map(|m| m.len())
+                .max()
+                .unwrap_or(0);
+            Ok((stored >= 1 << 20).then_some(()))
+        },
+    )
+    .unwrap();
+    env.containerd.restart().unwrap();
+    let status = tokio::task::block_in_place(|| child.wait()).unwrap();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(status.success(), "{status}: {text}");
+    assert!(text.contains("containerd stopped answering"), "{text}");
+    assert_eq!(env.report().images[0].status, ImageStatus::Pulled);
+    // Resumed from what containerd had stored (at least 1 MiB), not from
+    // the start: only what was in flight when it stopped comes twice.
+    let from: Vec<u64> = proxy
+        .requests()
+        .into_iter()
+        .filter(|q| q.path.contains(&first) && q.method == "GET")
+        .filter_map(|q| q.range)
+        .filter_map(|r| {
+            r.trim_start_matches("bytes=")
+                .trim_end_matches('-')
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert!(
+        from.iter().any(|&f| f >= 1 << 20),
+        "no Range from the stored offset: {:?}",
+        proxy.requests()
+    );
+    env.assert_visible_as(&reference, &img, 0).await;
+}

@@ -28,6 +28,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+/// How often a containerd that stopped answering is asked again.
+const CONTAINERD_POLL: Duration = Duration::from_millis(500);
 /// How long CRI may take to notice new image records.
 const CRI_VISIBLE_WITHIN: Duration = Duration::from_secs(10);
 
@@ -250,7 +252,7 @@ impl Engine {
             }
             (Ok(Decision::Pull), Some(r)) => {
                 let unpacked_by = Mutex::new(BTreeSet::new());
-                let pulled = self.pull_image(r, received, &unpacked_by).await;
+                let pulled = self.pull_resuming(r, received, &unpacked_by).await;
                 report.unpacked_by = unpacked_by
                     .into_inner()
                     .unwrap_or_else(PoisonError::into_inner)
@@ -279,6 +281,39 @@ impl Engine {
             "image done"
         );
         report
+    }
+
+    /// [`Engine::pull_image`], again whenever it failed because containerd
+    /// stopped answering (restarted, or upgraded, mid-pull): once it
+    /// answers again the pull resumes under the same lease, from what the
+    /// ingests and snapshots already hold. The run's deadline bounds the
+    /// wait.
+    async fn pull_resuming(
+        &self,
+        r: &Resolved,
+        downloaded: &AtomicU64,
+        unpacked_by: &Mutex<BTreeSet<Unpack>>,
+    ) -> Result<(), PullError> {
+        loop {
+            let result = self.pull_image(r, downloaded, unpacked_by).await;
+            let gone = match &result {
+                Err(PullError::Containerd(c))
+                | Err(PullError::Unpack(crate::unpack::UnpackError::Containerd(c))) => c.is_gone(),
+                _ => false,
+            };
+            if !gone {
+                return result;
+            }
+            if let Err(e) = &result {
+                tracing::warn!(image = %r.entry.reference, error = %crate::error_chain(e), "containerd stopped answering; waiting for it, then resuming");
+            }
+            // A daemon shutting down may still answer for a moment.
+            tokio::time::sleep(CONTAINERD_POLL).await;
+            while !self.containerd.answers().await {
+                tokio::time::sleep(CONTAINERD_POLL).await;
+            }
+            tracing::info!(image = %r.entry.reference, "containerd answers again; resuming");
+        }
     }
 
     /// Pulls one image under its own lease. `downloaded` counts bytes

@@ -22,6 +22,8 @@ pub struct Containerd {
     pub config_path_dir: PathBuf,
     /// Daemon log (`dir/containerd.log`).
     pub log: PathBuf,
+    /// The daemon binary, for [`Containerd::restart`].
+    binary: PathBuf,
     daemon: Daemon,
 }
 
@@ -123,39 +125,30 @@ oom_score = 0
         std::fs::write(&config_file, config)
             .with_context(|| format!("writing {}", config_file.display()))?;
         let log = dir.join("containerd.log");
-        let mut cmd = Command::new(binary);
-        cmd.arg("--config").arg(&config_file);
-        let daemon = Daemon::spawn("containerd", cmd, &log)?;
-        let mut c = Containerd {
+        let daemon = launch(binary, &config_file, &log, &socket)?;
+        Ok(Containerd {
             dir,
             version,
             socket,
             root,
             config_path_dir,
             log,
+            binary: binary.to_path_buf(),
             daemon,
-        };
-        let ready = crate::poll_until("containerd to answer", Duration::from_secs(30), || {
-            c.daemon.check_alive()?;
-            let ok = Command::new("ctr")
-                .arg("--address")
-                .arg(&c.socket)
-                .args(["--timeout", "2s", "version"])
-                .output()
-                .map(|o| o.status.success())
-                .unwrap_or(false);
-            // The CRI service initialises after gRPC starts serving.
-            let cri = std::fs::read_to_string(&c.log)
-                .map(|l| l.contains("Start streaming server"))
-                .unwrap_or(false);
-            Ok((ok && cri).then_some(()))
-        });
-        if let Err(e) = ready {
-            let tail = c.daemon.log_tail();
-            c.stop();
-            return Err(e.context(format!("containerd did not come up; log tail:\n{tail}")));
-        }
-        Ok(c)
+        })
+    }
+
+    /// Stops the daemon and starts it again on the same root and socket,
+    /// as a node's containerd restarts; returns once it answers again.
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop();
+        self.daemon = launch(
+            &self.binary,
+            &self.dir.join("config.toml"),
+            &self.log,
+            &self.socket,
+        )?;
+        Ok(())
     }
 
     /// Runs `ctr --address <socket> -n k8s.io <args>`; returns stdout.
@@ -211,6 +204,42 @@ impl Drop for Containerd {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Starts `binary --config config` and waits until `ctr version` answers
+/// on `socket` and the CRI plugin has started (read from the part of `log`
+/// this start writes).
+fn launch(binary: &Path, config: &Path, log: &Path, socket: &Path) -> Result<Daemon> {
+    let from = std::fs::metadata(log)
+        .map(|m| m.len() as usize)
+        .unwrap_or(0);
+    let mut cmd = Command::new(binary);
+    cmd.arg("--config").arg(config);
+    let mut daemon = Daemon::spawn("containerd", cmd, log)?;
+    let ready = crate::poll_until("containerd to answer", Duration::from_secs(30), || {
+        daemon.check_alive()?;
+        let ok = Command::new("ctr")
+            .arg("--address")
+            .arg(socket)
+            .args(["--timeout", "2s", "version"])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        // The CRI service initialises after gRPC starts serving.
+        let cri = std::fs::read(log)
+            .map(|l| {
+                String::from_utf8_lossy(l.get(from..).unwrap_or_default())
+                    .contains("Start streaming server")
+            })
+            .unwrap_or(false);
+        Ok((ok && cri).then_some(()))
+    });
+    if let Err(e) = ready {
+        let tail = daemon.log_tail();
+        daemon.stop();
+        return Err(e.context(format!("containerd did not come up; log tail:\n{tail}")));
+    }
+    Ok(daemon)
 }
 
 /// The version `binary --version` prints: its third word.
