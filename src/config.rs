@@ -144,6 +144,7 @@ struct RawPull {
     gc: Option<bool>,
     unpack: Option<String>,
     keep_layers: Option<bool>,
+    progress_interval: Option<HumanDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -626,7 +627,12 @@ pub struct PullSettings {
     /// Keep each layer's compressed blob in the content store once it is
     /// unpacked (`false`: as containerd's `discard_unpacked_layers`).
     pub keep_layers: bool,
+    /// How often a progress line is logged and sent to systemd.
+    pub progress_interval: Duration,
 }
+
+/// The longest `[pull] progress-interval`.
+pub const MAX_PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
 
 /// `[throttle]`: the caps on the network and on containerd's writes.
 #[derive(Debug, Clone)]
@@ -979,6 +985,7 @@ impl Settings {
                 state_dir: "/var/lib/prewarm".into(),
                 gc: false,
                 keep_layers: true,
+                progress_interval: Duration::from_secs(5),
             },
             throttle: ThrottleSettings {
                 bandwidth: None,
@@ -1130,6 +1137,19 @@ impl Settings {
         }
         if let Some(v) = p.keep_layers {
             self.pull.keep_layers = v;
+        }
+        if let Some(v) = p.progress_interval {
+            if v.0 > MAX_PROGRESS_INTERVAL {
+                return Err(invalid(
+                    path,
+                    "pull.progress-interval",
+                    format!(
+                        "{:?} is longer than {MAX_PROGRESS_INTERVAL:?}: the console and `systemctl status` would look stuck",
+                        v.0
+                    ),
+                ));
+            }
+            self.pull.progress_interval = v.0;
         }
         if let Some(v) = raw.throttle.bandwidth {
             self.throttle.bandwidth = Some(v.0);

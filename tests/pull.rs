@@ -255,3 +255,53 @@ async fn without_keep_layers_the_blobs_go_and_the_images_stay() {
 async fn a_cri_pull_of_the_same_image_at_the_same_time() {
     common::core::cri_pull_at_the_same_time(&Env::start()).await;
 }
+
+/// A pull longer than `progress-interval` logs progress lines and sends
+/// them to systemd as `STATUS=` (read here from a notify socket of the
+/// test's own, as systemd would).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_goes_to_the_log_and_to_systemd() {
+    let env = Env::start();
+    let img = env.push_layers(
+        "progress/app:1",
+        vec![testbed::LayerSpec {
+            files: vec![("opt/blob".into(), testbed::random_bytes(9, 3 << 20))],
+            ..Default::default()
+        }],
+    );
+    let proxy = testbed::FaultProxy::start(env.registry.addr).unwrap();
+    proxy.throttle(Some(1 << 20));
+    let (_, rest) = img.reference.split_once('/').unwrap();
+    let reference = format!("{}/{rest}", proxy.host());
+    let config = env.config_with(&[(&reference, true)], "progress-interval = \"1s\"", "");
+    let notify = env.path("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+    socket.set_nonblocking(true).unwrap();
+    let root = env.path("root");
+    std::fs::create_dir_all(&root).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_prewarm"))
+        .arg("--config-root")
+        .arg(&root)
+        .args(["pull", "--config", config.to_str().unwrap()])
+        .env("NOTIFY_SOCKET", &notify)
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(exit_code(&out), 0, "{log}");
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("progress ")).collect();
+    assert!(lines.len() >= 2, "{log}");
+    assert!(
+        lines.last().unwrap().contains("progress 100% 3/3 MiB"),
+        "{log}"
+    );
+    let mut sent = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = socket.recv(&mut buf) {
+        sent.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert!(
+        sent.iter()
+            .any(|m| m.starts_with("STATUS=progress ") && m.contains("images 0/1")),
+        "{sent:?}"
+    );
+}

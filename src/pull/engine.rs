@@ -5,6 +5,7 @@ use super::blobs::{ArchiveSource, BlobSource, RegistrySource};
 use super::fetch::{Fetcher, Reserve};
 use super::inventory::{ContainerdStore, ImageStore};
 use super::planner::{PlannedImage, Planner, Sources};
+use super::progress::Progress;
 use super::resolve::{Resolved, Resolver};
 use super::PullError;
 use crate::config::Unpack;
@@ -191,14 +192,18 @@ impl Engine {
     ) -> Report {
         let started_at = crate::time::rfc3339(std::time::SystemTime::now());
         let sources = |r: &Reference| self.source_for(r);
-        let (images, interrupted) = run_bounded(
-            &self.planner(&sources),
-            self,
-            self.settings.pull.concurrency.get() as usize,
-            self.settings.pull.deadline,
-            stop,
-        )
-        .await;
+        let show = |p: &Progress| {
+            let line = p.to_string();
+            tracing::info!("{line}");
+            crate::systemd::notify(&format!("STATUS={line}"));
+        };
+        let bounds = Bounds {
+            concurrency: self.settings.pull.concurrency.get() as usize,
+            deadline: self.settings.pull.deadline,
+            progress_every: self.settings.pull.progress_interval,
+            progress: &show,
+        };
+        let (images, interrupted) = run_bounded(&self.planner(&sources), self, &bounds, stop).await;
         let summary = Summary::of(&images, started.elapsed().as_secs_f64());
         Report {
             version: 1,
@@ -610,17 +615,28 @@ impl ImageStep for Engine {
     }
 }
 
+/// How a run is bounded and watched.
+pub struct Bounds<'a> {
+    /// Images pulled side by side.
+    pub concurrency: usize,
+    pub deadline: Duration,
+    /// How often `progress` is told where the run stands.
+    pub progress_every: Duration,
+    pub progress: &'a dyn Fn(&Progress),
+}
+
 /// Plans, then runs `step` on each planned image, `concurrency` at a time,
-/// until all are done, `deadline` passes or `stop` resolves (with why).
-/// Every listed image gets a report: one not finished is failed, with
-/// why the run ended, and what is known of it.
+/// until all are done, the deadline passes or `stop` resolves (with why),
+/// telling `progress` where it stands as it goes. Every listed image gets a
+/// report: one not finished is failed, with why the run ended, and what is
+/// known of it.
 pub async fn run_bounded(
     planner: &Planner<'_>,
     step: &dyn ImageStep,
-    concurrency: usize,
-    deadline: Duration,
+    bounds: &Bounds<'_>,
     stop: impl std::future::Future<Output = String>,
 ) -> (Vec<ImageReport>, Option<String>) {
+    let deadline = bounds.deadline;
     let mut results: Vec<Option<ImageReport>> = Vec::new();
     let mut planned: Vec<PlannedImage> = Vec::new();
     let mut received: Vec<AtomicU64> = Vec::new();
@@ -636,16 +652,62 @@ pub async fn run_bounded(
             tracing::debug!(images = planned.len(), "planned");
             results = vec![None; planned.len()];
             received = planned.iter().map(|_| AtomicU64::new(0)).collect();
+            let keep = planner.settings.pull.keep_layers;
+            let total: u64 = planned
+                .iter()
+                .filter(|p| p.decision == Ok(Decision::Pull))
+                .filter_map(|p| p.resolved.as_ref())
+                .map(|r| r.to_download(keep))
+                .sum();
+            let running: Vec<std::sync::atomic::AtomicBool> = planned
+                .iter()
+                .map(|_| std::sync::atomic::AtomicBool::new(false))
+                .collect();
+            let finished = std::sync::atomic::AtomicUsize::new(0);
             let results_ref = &std::sync::Mutex::new(&mut results);
-            let received = &received;
-            futures_util::stream::iter(planned.iter().enumerate())
-                .for_each_concurrent(concurrency.max(1), |(i, p)| async move {
+            let (received, running, finished, planned) = (&received, &running, &finished, &planned);
+            let pulls = futures_util::stream::iter(planned.iter().enumerate()).for_each_concurrent(
+                bounds.concurrency.max(1),
+                |(i, p)| async move {
+                    running[i].store(true, Ordering::Relaxed);
                     let report = step.run(p, &received[i]).await;
+                    running[i].store(false, Ordering::Relaxed);
+                    finished.fetch_add(1, Ordering::Relaxed);
                     if let Ok(mut g) = results_ref.lock() {
                         g[i] = Some(report);
                     }
-                })
-                .await;
+                },
+            );
+            let at = || Progress {
+                done: received.iter().map(|r| r.load(Ordering::Relaxed)).sum(),
+                total,
+                rate: 0.0,
+                images_done: finished.load(Ordering::Relaxed),
+                images_total: planned.len(),
+                in_flight: planned
+                    .iter()
+                    .zip(running)
+                    .filter(|(_, r)| r.load(Ordering::Relaxed))
+                    .map(|(p, _)| p.entry.reference.to_string())
+                    .collect(),
+            };
+            let ticker = async {
+                let mut last = (tokio::time::Instant::now(), 0u64);
+                loop {
+                    tokio::time::sleep(bounds.progress_every).await;
+                    let mut p = at();
+                    let now = tokio::time::Instant::now();
+                    let secs = now.duration_since(last.0).as_secs_f64();
+                    p.rate = p.done.saturating_sub(last.1) as f64 / secs.max(1e-3);
+                    last = (now, p.done);
+                    (bounds.progress)(&p);
+                }
+            };
+            tokio::select! {
+                _ = pulls => {}
+                _ = ticker => {}
+            }
+            (bounds.progress)(&at());
         };
         tokio::select! {
             _ = work => None,
@@ -715,7 +777,8 @@ mod tests {
 
     const REG: &str = "registry.test";
 
-    /// Pulls at once, except images whose name has `slow`: they never end.
+    /// Pulls at once (100 bytes), except images whose name has `slow`: they
+    /// never end; and `late`: 50 bytes, 12 s, then 50 more.
     struct Step;
 
     impl ImageStep for Step {
@@ -725,10 +788,17 @@ mod tests {
             received: &'a AtomicU64,
         ) -> LocalBoxFuture<'a, ImageReport> {
             Box::pin(async move {
-                if p.entry.reference.repository.contains("slow") {
+                let name = &p.entry.reference.repository;
+                if name.contains("slow") {
                     // Part of it downloaded, then stuck.
                     received.fetch_add(12345, Ordering::Relaxed);
                     futures_util::future::pending::<()>().await;
+                } else if name.contains("late") {
+                    received.fetch_add(50, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_secs(12)).await;
+                    received.fetch_add(50, Ordering::Relaxed);
+                } else {
+                    received.fetch_add(100, Ordering::Relaxed);
                 }
                 let mut r = unfinished(&p.entry, "");
                 r.reason = None;
@@ -760,6 +830,16 @@ mod tests {
         deadline: Duration,
         stop_after: Option<Duration>,
     ) -> (Vec<ImageReport>, Option<String>) {
+        let (images, interrupted, _) = run_watched(w, deadline, stop_after).await;
+        (images, interrupted)
+    }
+
+    /// [`run`], with the progress lines told.
+    async fn run_watched(
+        w: &World,
+        deadline: Duration,
+        stop_after: Option<Duration>,
+    ) -> (Vec<ImageReport>, Option<String>, Vec<Progress>) {
         let sources = w.sources();
         let stop = async move {
             match stop_after {
@@ -768,7 +848,16 @@ mod tests {
             }
             "stopped by SIGTERM".to_string()
         };
-        run_bounded(&w.planner(&sources), &Step, 2, deadline, stop).await
+        let lines = std::cell::RefCell::new(Vec::new());
+        let note = |p: &Progress| lines.borrow_mut().push(p.clone());
+        let bounds = Bounds {
+            concurrency: 2,
+            deadline,
+            progress_every: Duration::from_secs(5),
+            progress: &note,
+        };
+        let (images, interrupted) = run_bounded(&w.planner(&sources), &Step, &bounds, stop).await;
+        (images, interrupted, lines.into_inner())
     }
 
     fn by_name<'a>(images: &'a [ImageReport], name: &str) -> &'a ImageReport {
@@ -818,6 +907,37 @@ mod tests {
         let slow = by_name(&images, "slow");
         assert_eq!(slow.reason.as_deref(), Some("stopped by SIGTERM"));
         assert_eq!(slow.bytes, 12345, "what it downloaded is reported");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn progress_is_told_at_the_interval_and_at_the_end() {
+        let mut reg = FakeRegistry::default();
+        reg.push(&format!("{REG}/fast:1"), &[&[1u8; 100]]);
+        reg.push(&format!("{REG}/late:1"), &[&[2u8; 100]]);
+        let w = World::new(
+            &[
+                &format!("ref = \"{REG}/fast:1\""),
+                &format!("ref = \"{REG}/late:1\""),
+            ],
+            reg,
+            1 << 30,
+        );
+        let (_, interrupted, lines) = run_watched(&w, Duration::from_secs(60), None).await;
+        assert_eq!(interrupted, None);
+        // At 5 s and 10 s, then once more when the run ends (12 s).
+        assert_eq!(lines.len(), 3, "{lines:#?}");
+        let (first, last) = (&lines[0], &lines[2]);
+        assert_eq!((first.done, first.total), (150, 200));
+        assert_eq!(first.percent(), 75);
+        assert_eq!((first.images_done, first.images_total), (1, 2));
+        assert_eq!(first.in_flight, [format!("{REG}/late:1")]);
+        // 150 bytes in the first 5 s; nothing since in the next 5.
+        assert!((first.rate - 30.0).abs() < 0.01, "{}", first.rate);
+        assert_eq!(lines[1].rate, 0.0);
+        assert_eq!(lines[1].eta(), None);
+        assert_eq!((last.done, last.percent(), last.images_done), (200, 100, 2));
+        assert!(last.in_flight.is_empty());
+        assert!(lines.windows(2).all(|w| w[0].percent() <= w[1].percent()));
     }
 
     #[tokio::test(start_paused = true)]

@@ -9,6 +9,7 @@ pub mod engine;
 pub mod fetch;
 pub mod inventory;
 pub mod planner;
+pub mod progress;
 pub mod resolve;
 
 #[cfg(test)]

@@ -69,6 +69,20 @@ impl Resolved {
                 .sum::<u64>()
     }
 
+    /// Bytes a pull of the image downloads: the layers the store does not
+    /// hold (see [`Resolved::parts`]).
+    pub fn to_download(&self, keep_layers: bool) -> u64 {
+        self.layers
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| {
+                let s = self.stored.get(*i).copied().unwrap_or_default();
+                !(s.content || (s.snapshot && !keep_layers))
+            })
+            .map(|(_, l)| l.size.max(0) as u64)
+            .sum()
+    }
+
     /// Estimated unpacked bytes of layer `i`: the size its stream records,
     /// else `ratio` times its compressed size.
     pub fn layer_unpacked(&self, i: usize, ratio: f64) -> u64 {
