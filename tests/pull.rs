@@ -305,3 +305,8 @@ async fn progress_goes_to_the_log_and_to_systemd() {
         "{sent:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_kubelet_pulled_with_discard_unpacked_layers() {
+    common::core::after_a_discarding_cri_pull(std::path::Path::new("containerd")).await;
+}

@@ -8,7 +8,8 @@
 //! `prewarm status`; a re-run that finds everything present; the
 //! in-process unpack against that version's own; unpinning once the image
 //! leaves the list, and gc removing it; a pull without kept layer blobs;
-//! a CRI pull of the same image at the same time; resume after kill -9
+//! a CRI pull of the same image at the same time; an image kubelet pulled
+//! with CRI's `discard_unpacked_layers`; resume after kill -9
 //! with a Range request; import from an OCI archive
 //! with the registry down. Run on 1.6 only, as before: the rest of the
 //! faults, list sources, the disk budget, the IO cap, the node handoff.
@@ -90,6 +91,7 @@ async fn core(suite: &str) {
     assert_eq!(env.report().summary.present, 1, "{suite}: the second run");
 
     common::core::cri_pull_at_the_same_time(&env).await;
+    common::core::after_a_discarding_cri_pull(&binary).await;
     common::core::resume_after_kill_9(&env).await;
     common::core::import_from_an_archive(&mut env).await;
 }

@@ -38,6 +38,16 @@ impl Containerd {
     /// (see `scripts/containerd-versions.sh`), with the config its major
     /// version reads (`version = 2` for 1.x, `version = 3` for 2.x).
     pub fn start_binary(dir: &Path, binary: &Path) -> Result<Containerd> {
+        Self::start_with(dir, binary, false)
+    }
+
+    /// [`Containerd::start_binary`], with CRI's `discard_unpacked_layers`
+    /// set as given: CRI pulls then drop each layer's blob once unpacked.
+    pub fn start_with(
+        dir: &Path,
+        binary: &Path,
+        discard_unpacked_layers: bool,
+    ) -> Result<Containerd> {
         let version = daemon_version(binary)?;
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let dir = dir
@@ -96,6 +106,7 @@ oom_score = 0
 
 [plugins."io.containerd.grpc.v1.cri".containerd]
   snapshotter = "overlayfs"
+  discard_unpacked_layers = {discard_unpacked_layers}
 
 [plugins."io.containerd.grpc.v1.cri".cni]
   bin_dir = "{d}/cni/bin"
@@ -111,6 +122,7 @@ oom_score = 0
 {common}
 [plugins."io.containerd.cri.v1.images"]
   snapshotter = "overlayfs"
+  discard_unpacked_layers = {discard_unpacked_layers}
 
 [plugins."io.containerd.cri.v1.images".registry]
   config_path = "{d}/certs.d"

@@ -3,6 +3,7 @@
 
 use super::*;
 use prewarm::report::ImageStatus;
+use std::path::Path;
 use std::time::Duration;
 use testbed::{Compression::Gzip, FaultProxy, Format};
 
@@ -133,7 +134,6 @@ pub async fn import_from_an_archive(env: &mut Env) {
 /// ingest is left half-written. On containerd 2.x, CRI's pull goes through
 /// the transfer service.
 pub async fn cri_pull_at_the_same_time(env: &Env) {
-    use k8s_cri::v1::{image_service_client::ImageServiceClient, ImageSpec, PullImageRequest};
     let img = push(
         &env.registry.host(),
         "race/app:1",
@@ -155,25 +155,7 @@ pub async fn cri_pull_at_the_same_time(env: &Env) {
     let reference = via(&proxy, &img);
     let config = env.config(&[(&reference, true)], "");
     let mut child = env.spawn_prewarm(&["pull", "--config", config.to_str().unwrap()]);
-    let client = env.client().await;
-    let mut cri = ImageServiceClient::new(client.channel());
-    let pulled = cri
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: reference.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "CRI PullImage {reference}: {e}\n{}",
-                env.containerd.log_tail()
-            )
-        })
-        .into_inner()
-        .image_ref;
+    let pulled = cri_pull(env, &reference).await;
     let status = tokio::task::block_in_place(|| child.wait()).unwrap();
     let report = env.report();
     assert!(status.success(), "prewarm: {status}: {report:#?}");
@@ -191,4 +173,61 @@ pub async fn cri_pull_at_the_same_time(env: &Env) {
         active.lines().skip(1).all(|l| l.trim().is_empty()),
         "ingests left behind: {active}"
     );
+}
+
+/// kubelet's pull through CRI (`PullImage`); returns the image ID.
+pub async fn cri_pull(env: &Env, reference: &str) -> String {
+    use k8s_cri::v1::{image_service_client::ImageServiceClient, ImageSpec, PullImageRequest};
+    let client = env.client().await;
+    ImageServiceClient::new(client.channel())
+        .pull_image(PullImageRequest {
+            image: Some(ImageSpec {
+                image: reference.to_string(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "CRI PullImage {reference}: {e}\n{}",
+                env.containerd.log_tail()
+            )
+        })
+        .into_inner()
+        .image_ref
+}
+
+/// containerd's own `discard_unpacked_layers`: kubelet pulled the image
+/// first, and CRI dropped its manifest's hold on the layers' blobs. Listed
+/// for prewarm, it ends recorded under every name, pinned, its blobs held
+/// again; a re-run finds it present.
+pub async fn after_a_discarding_cri_pull(binary: &Path) {
+    let env = Env::start_configured(binary, true);
+    let img = env.push_layers("discard/app:1", layers(800, &[Gzip, Gzip], 256 << 10));
+    let id = cri_pull(&env, &img.reference).await;
+    assert_eq!(id, img.manifests[0].config_digest);
+    let client = env.client().await;
+    let held = |labels: &std::collections::HashMap<String, String>| {
+        labels
+            .keys()
+            .filter(|k| k.starts_with("containerd.io/gc.ref.content.l."))
+            .count()
+    };
+    let manifest = &img.manifests[0].digest;
+    let info = client.content_info(manifest).await.unwrap().unwrap();
+    assert_eq!(held(&info.labels), 0, "CRI discarded: {:?}", info.labels);
+
+    let config = env.config(&[(img.reference.as_str(), true)], "");
+    let report = env.pull_ok(&config);
+    assert_eq!(
+        report.images[0].status,
+        ImageStatus::Pulled,
+        "not pinned yet"
+    );
+    env.assert_visible(&img, 0).await;
+    let info = client.content_info(manifest).await.unwrap().unwrap();
+    assert_eq!(held(&info.labels), 2, "{:?}", info.labels);
+    let report = env.pull_ok(&config);
+    assert_eq!(report.images[0].status, ImageStatus::Present);
 }

@@ -27,12 +27,18 @@ impl Env {
 
     /// An env whose containerd is the daemon at `binary` (another version).
     pub fn start_with(binary: &Path) -> Env {
+        Env::start_configured(binary, false)
+    }
+
+    /// [`Env::start_with`], with CRI's `discard_unpacked_layers` set.
+    pub fn start_configured(binary: &Path, discard_unpacked_layers: bool) -> Env {
         let dir = tempfile::Builder::new()
             .prefix("pw")
             .tempdir_in("/tmp")
             .expect("temp dir");
         let containerd =
-            Containerd::start_binary(&dir.path().join("c"), binary).expect("starting containerd");
+            Containerd::start_with(&dir.path().join("c"), binary, discard_unpacked_layers)
+                .expect("starting containerd");
         let registry = Registry::start(&dir.path().join("r")).expect("starting registry");
         Env {
             dir,
