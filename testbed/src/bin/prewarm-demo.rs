@@ -1,18 +1,49 @@
-//! The demo: a private containerd and registry in a temp dir, three sample
-//! images built from local bytes and pushed with skopeo, then a throttled
-//! `prewarm plan`, `prewarm pull` and `prewarm status`, as an operator
-//! would run them. Everything is torn down at the end.
+//! The demo of a node's boot: a private containerd, registry and stand-in
+//! Kubernetes API server in a temp dir, and three sample images built from
+//! local bytes and pushed with skopeo. Then, as on a node:
+//! `prewarm register` (the kubelet drop-in with the startup taint), a
+//! throttled `prewarm pull` with its progress lines, a stand-in kubelet
+//! registering the Node with the drop-in's taints, and `prewarm untaint`
+//! handing it over; with `plan` before and `status` after. Everything is
+//! torn down at the end.
 
 use anyhow::{bail, Context, Result};
 use std::process::Command;
 use testbed::scenario::{prewarm_binary, prewarm_config, push_all, sample_image};
-use testbed::{Compression, Containerd, Registry};
+use testbed::{Compression, Containerd, KubeApi, Registry, Role};
+
+/// The node's name, and the taint `register` puts on it.
+const NODE: &str = "demo-node";
+const TAINT: &str = "startup-taint.cluster-autoscaler.kubernetes.io/prewarm";
 
 fn main() {
     if let Err(e) = run() {
         eprintln!("prewarm-demo: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// Prints the Node's taints, as `kubectl describe node` would list them.
+fn show_node(api: &KubeApi, what: &str) -> Result<()> {
+    let node = api.node(NODE).context("the node")?;
+    let taints = node
+        .pointer("/spec/taints")
+        .and_then(|t| t.as_array())
+        .cloned()
+        .unwrap_or_default();
+    println!("node {NODE} {what}:");
+    if taints.is_empty() {
+        println!("  (none)");
+    }
+    for t in taints {
+        println!(
+            "  {}={}:{}",
+            t["key"].as_str().unwrap_or(""),
+            t["value"].as_str().unwrap_or(""),
+            t["effect"].as_str().unwrap_or("")
+        );
+    }
+    Ok(())
 }
 
 fn step(title: &str) {
@@ -27,8 +58,10 @@ fn run() -> Result<()> {
     step("starting a private containerd and registry");
     let containerd = Containerd::start(&dir.path().join("containerd"))?;
     let registry = Registry::start(&dir.path().join("registry"))?;
+    let api = KubeApi::start(&dir.path().join("api"))?;
     println!("containerd socket: {}", containerd.socket.display());
     println!("registry:          {}", registry.url());
+    println!("API server:        {} (a stand-in)", api.url());
 
     step("building and pushing three sample images");
     let images = push_all(
@@ -53,6 +86,28 @@ fn run() -> Result<()> {
         println!("{}  {}", i.top_digest, i.reference);
     }
 
+    // The node's kubelet files, as a provisioning tool leaves them.
+    let node = dir.path().join("node");
+    let kubelet_config = node.join("var/lib/kubelet/config.yaml");
+    let dropins = node.join("etc/kubernetes/kubelet.conf.d");
+    std::fs::create_dir_all(kubelet_config.parent().context("a parent")?)?;
+    // kubelet reads drop-ins from here (`--config-dir`).
+    std::fs::create_dir_all(&dropins)?;
+    std::fs::write(
+        &kubelet_config,
+        "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n",
+    )?;
+    // The credential untaint hands over with: get and patch on Nodes, for
+    // its own taint only.
+    let untainter = api
+        .add_token_user(
+            "system:serviceaccount:prewarm-system:prewarm-untaint",
+            Role::Untainter {
+                taint_key: TAINT.into(),
+            },
+        )?
+        .kubeconfig;
+
     let refs: Vec<String> = images.iter().map(|i| i.reference.clone()).collect();
     let report = dir.path().join("report.json");
     let config = dir.path().join("prewarm.toml");
@@ -62,8 +117,13 @@ fn run() -> Result<()> {
             &containerd,
             &refs,
             &report,
-            "concurrency = 2",
-            "[throttle]\nbandwidth = \"20MiB/s\"\n\n[disk]\nreserve = \"1GiB\"\n# A demo on a shared build disk: only the reserve binds.\nmax-usage-percent = 100\n",
+            "concurrency = 2\nprogress-interval = \"1s\"",
+            &format!(
+                "[throttle]\nbandwidth = \"20MiB/s\"\n\n[disk]\nreserve = \"1GiB\"\n# A demo on a shared build disk: only the reserve binds.\nmax-usage-percent = 100\n\n\
+                 [register]\nkubelet-config-dir = {dropins:?}\nkubelet-config = {kubelet_config:?}\n\n\
+                 [handoff]\nkubeconfig = {untainter:?}\nnode-name = \"{NODE}\"\nstarted-file = {:?}\n",
+                dir.path().join("started")
+            ),
         ),
     )?;
     step(&format!("configuration ({})", config.display()));
@@ -82,18 +142,51 @@ fn run() -> Result<()> {
             .with_context(|| format!("running {}", prewarm.display()))?;
         Ok(status.code().unwrap_or(-1))
     };
+    step("prewarm register (before kubelet: the startup taint in kubelet's drop-in)");
+    let registered = run(&["register"])?;
+    let dropin = dropins.join("99-prewarm.conf");
+    println!("--- {}", dropin.display());
+    print!("{}", std::fs::read_to_string(&dropin).unwrap_or_default());
     step("prewarm plan (dry run)");
     run(&["plan"])?;
-    step("prewarm pull (bandwidth capped at 20 MiB/s)");
+    step("prewarm pull (bandwidth capped at 20 MiB/s, a progress line every second)");
     let code = run(&["pull"])?;
     step(&format!("report ({})", report.display()));
     print!("{}", std::fs::read_to_string(&report)?);
     step("prewarm status (kubelet's view through CRI)");
     let status = run(&["status"])?;
+
+    step("kubelet joins: the Node registers with the drop-in's taints");
+    let text = std::fs::read_to_string(&dropin)?;
+    let doc: serde_yaml::Value = serde_yaml::from_str(&text)?;
+    let taints = serde_json::to_value(&doc["registerWithTaints"])?;
+    api.create_node(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": NODE, "labels": {"kubernetes.io/hostname": NODE}},
+        "spec": {"taints": taints},
+        "status": {"conditions": [{"type": "Ready", "status": "True"}]},
+    }))?;
+    show_node(&api, "taints")?;
+    step("prewarm untaint (after kubelet: the node is handed over)");
+    let untainted = run(&["untaint"])?;
+    show_node(&api, "taints now")?;
+    let node = api.node(NODE).context("the node")?;
+    if let Some(a) = node.pointer("/metadata/annotations/prewarm.io~1preload") {
+        println!("annotation prewarm.io/preload: {a}");
+    }
+    let left = node
+        .pointer("/spec/taints")
+        .and_then(|t| t.as_array())
+        .is_some_and(|t| t.iter().any(|t| t["key"] == TAINT));
+
     step("prewarm pull again (warm node: nothing to do)");
     let again = run(&["pull"])?;
-    if code != 0 || status != 0 || again != 0 {
-        bail!("prewarm exited {code}, {status}, {again}");
+    if registered != 0 || code != 0 || status != 0 || untainted != 0 || again != 0 || left {
+        bail!(
+            "prewarm exited {registered} (register), {code} (pull), {status} (status), \
+             {untainted} (untaint), {again} (pull again); taint left: {left}"
+        );
     }
     println!("\ndemo done; tearing down containerd and the registry");
     Ok(())
