@@ -62,6 +62,10 @@ pub use cmd::run;
 use config::{ConfigError, Settings};
 pub use preload::iocap_state_path;
 
+/// mimalloc's `mi_option_purge_delay`: the 16th in `mi_option_e`, in the
+/// mimalloc.h (v3) that libmimalloc-sys builds by default. `main` sets it.
+pub const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
 /// An error with its causes, `a: b: c`, each cause once, for reports and
 /// log lines.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
@@ -223,6 +227,19 @@ pub fn init_logging(verbose: u8) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The option `main` sets is mimalloc's purge delay: the one whose
+    /// default is 1000 (ms, in v3's options.c), and which takes the value
+    /// set.
+    #[test]
+    fn the_allocator_option_is_the_purge_delay() {
+        // SAFETY: reads and sets one of mimalloc's options.
+        unsafe {
+            assert_eq!(libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY), 1000);
+            libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 50);
+            assert_eq!(libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY), 50);
+        }
+    }
     use std::path::PathBuf;
 
     fn status(code: tonic::Code) -> tonic::Status {
