@@ -1,6 +1,7 @@
 //! The in-process layer extractor on hand-built tar streams: metadata kept
 //! as containerd keeps it, whiteouts in both forms, replacements, and
-//! hostile layers that try to write outside their directory. Needs root
+//! hostile layers that try to write outside their directory, hand-built
+//! and generated (proptest). Needs root
 //! (owners, device nodes, `trusted.` xattrs), as the other integration
 //! tests do. `tests/unpack.rs` compares it with containerd's own apply.
 
@@ -262,4 +263,101 @@ fn a_broken_stream_is_an_error() {
         apply(&t2, &two[..1024 + 100], &|_| {}),
         Err(ExtractError::Read(_))
     ));
+}
+
+mod generated {
+    //! Layers made of random entries (directories, files, symlinks and
+    //! hardlinks, with `..`, absolute names, whiteouts and links that lead
+    //! out): whatever the extractor makes of them, it writes nothing
+    //! outside the root, and never links to a file outside it.
+    use super::*;
+    use proptest::prelude::*;
+
+    const COMPONENTS: &[&str] = &["a", "b", "..", ".", "x", ".wh.a", ".wh..wh..opq"];
+
+    fn name() -> impl Strategy<Value = String> {
+        (
+            any::<bool>(),
+            prop::collection::vec(prop::sample::select(COMPONENTS), 1..4),
+        )
+            .prop_map(|(absolute, c)| format!("{}{}", if absolute { "/" } else { "" }, c.join("/")))
+    }
+
+    /// Link targets: relative and absolute ways out, and the way to the
+    /// sentinel beside the root, by its absolute path too.
+    fn link(outside: String) -> impl Strategy<Value = String> {
+        prop_oneof![
+            prop::sample::select(vec![
+                "..".to_string(),
+                "../..".into(),
+                "../../../..".into(),
+                "../outside/sentinel".into(),
+                "a".into(),
+                "a/../../..".into(),
+                "/".into(),
+                "/a/../../outside".into(),
+            ]),
+            Just(outside.clone()),
+            Just(format!("{outside}/sentinel")),
+        ]
+    }
+
+    fn entries(outside: String) -> impl Strategy<Value = Vec<(u8, String, String)>> {
+        prop::collection::vec((0u8..4, name(), link(outside)), 1..12)
+    }
+
+    /// The directories around the root hold only what the test put there.
+    fn assert_untouched(base: &Path) {
+        let names = |d: &Path| -> Vec<String> {
+            let mut v: Vec<String> = std::fs::read_dir(d)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(names(base), ["g"]);
+        assert_eq!(names(&base.join("g")), ["g"]);
+        assert_eq!(names(&base.join("g/g")), ["jail"]);
+        let jail = base.join("g/g/jail");
+        assert_eq!(names(&jail), ["outside", "root"]);
+        assert_eq!(names(&jail.join("outside")), ["sentinel"]);
+        let sentinel = jail.join("outside/sentinel");
+        assert_eq!(std::fs::read(&sentinel).unwrap(), b"s");
+        assert_eq!(meta(&sentinel).nlink(), 1, "no hardlink to it");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+        #[test]
+        fn nothing_is_written_outside_the_root(
+            overlay in any::<bool>(),
+            seed in entries("/OUTSIDE".into()),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let jail = dir.path().join("g/g/jail");
+            let outside = jail.join("outside");
+            std::fs::create_dir_all(&outside).unwrap();
+            std::fs::write(outside.join("sentinel"), b"s").unwrap();
+            let whiteouts = if overlay { Whiteouts::Overlay } else { Whiteouts::Remove };
+            let t = target(&jail.join("root"), &[], whiteouts);
+            let out = outside.display().to_string();
+            let mut layer = Layer::new();
+            for (kind, name, link) in &seed {
+                let link = link.replace("/OUTSIDE", &out);
+                let (kind, link, data): (tar::EntryType, &str, &[u8]) = match kind {
+                    0 => (tar::EntryType::Directory, "", b""),
+                    1 => (tar::EntryType::Regular, "", b"x"),
+                    2 => (tar::EntryType::Symlink, &link, b""),
+                    _ => (tar::EntryType::Link, &link, b""),
+                };
+                layer = layer.raw(kind, name, link, data);
+            }
+            let tar = layer.bytes();
+            // Refusing the layer is allowed; writing outside is not.
+            let _ = apply(&t, &tar[..], &|_| {});
+            assert_untouched(dir.path());
+        }
+    }
 }
