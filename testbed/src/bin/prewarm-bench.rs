@@ -13,11 +13,13 @@
 //!   with its own (`[pull] unpack = "prewarm"`, pw-p) and with its own
 //!   without keeping the layers' blobs (`keep-layers = false`, pw-d), beside the time
 //!   it takes only to fetch the blobs, which bounds any pull. Not part of
-//!   the default run: `--only usr`.
+//!   the default run: `--only usr`;
+//! - `lists`: `check-config` of 25k, 50k and 100k listed images, which
+//!   must take linear time. Not part of the default run: `--only lists`.
 //!
 //! Prints numbers; exits non-zero when a target is missed.
 //!
-//! Usage: prewarm-bench [--scale F] [--only set|single|throttle|usr]
+//! Usage: prewarm-bench [--scale F] [--only set|single|throttle|usr|lists]
 //!                      [--runs N] [--concurrency N] [--show-log] [--tmpfs]
 //!                      [--containerd SUITE]
 //!
@@ -307,7 +309,55 @@ fn run() -> Result<bool> {
             ok &= throttle_case(&prewarm, &roots, &registry, &single, cap_mib)?;
         }
     }
+    if only("lists") {
+        ok &= lists_case(&prewarm, dir.path())?;
+    }
     Ok(ok)
+}
+
+/// The `lists` case: `prewarm check-config` of a list of 25k, 50k and 100k
+/// images, which must grow linearly (a duplicate entry is found by a hash
+/// lookup, not by a scan). Passes when 100k takes at most 5 times what 25k
+/// takes (4 for linear, and room for noise).
+fn lists_case(prewarm: &std::path::Path, base: &std::path::Path) -> Result<bool> {
+    println!("\nlists: check-config of long [[images]] lists");
+    println!("{:<10} {:>9} {:>12}", "entries", "seconds", "peak RSS");
+    let root = base.join("lists-root");
+    std::fs::create_dir_all(&root)?;
+    let mut secs = Vec::new();
+    for n in [25_000usize, 50_000, 100_000] {
+        let config = base.join(format!("list-{n}.toml"));
+        let mut text = String::from("version = 1\n");
+        for i in 0..n {
+            text.push_str(&format!("[[images]]\nref = \"registry.test/app{i}:1\"\n"));
+        }
+        std::fs::write(&config, text)?;
+        let mut cmd = Command::new(prewarm);
+        cmd.arg("--config-root")
+            .arg(&root)
+            .arg("--config")
+            .arg(&config)
+            .arg("check-config")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let m = measure(cmd)?;
+        if !m.status.success() {
+            bail!("check-config of {n} entries exited {:?}", m.status.code());
+        }
+        println!(
+            "{n:<10} {:>9.2} {:>8.1} MiB",
+            m.wall.as_secs_f64(),
+            m.max_rss as f64 / MIB
+        );
+        secs.push(m.wall.as_secs_f64());
+    }
+    let growth = secs[2] / secs[0].max(1e-3);
+    let pass = growth <= 5.0;
+    println!(
+        "lists    100k takes {growth:.1}x of 25k (linear: 4)  {}",
+        if pass { "PASS" } else { "FAIL" }
+    );
+    Ok(pass)
 }
 
 /// Flushes what earlier runs left dirty in the page cache, so that no
