@@ -76,6 +76,12 @@ impl ContainerdError {
         ) || matches!(self, ContainerdError::Connect { .. })
     }
 
+    /// containerd's answer for an ingest ref another writer holds.
+    pub fn is_locked(&self) -> bool {
+        matches!(self, ContainerdError::Call { status, .. }
+            if status.code() == Code::Unavailable && status.message().contains("locked"))
+    }
+
     /// containerd itself went away mid-call (stopped, restarted, crashed):
     /// the stream closed, or the connection failed. Not an answer it gave.
     pub fn is_gone(&self) -> bool {
@@ -83,7 +89,7 @@ impl ContainerdError {
             ContainerdError::Connect { .. } => true,
             ContainerdError::Protocol { message, .. } => message == CLOSED,
             ContainerdError::Call { status, .. } => match status.code() {
-                Code::Unavailable => !status.message().contains("locked"),
+                Code::Unavailable => !self.is_locked(),
                 Code::Unknown | Code::Cancelled | Code::Internal => {
                     let m = status.message().to_ascii_lowercase();
                     [

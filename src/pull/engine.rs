@@ -40,8 +40,8 @@ pub struct Engine {
     pub containerd: Containerd,
     pub cri: Cri,
     pub registry: RegistrySource,
-    pub snapshotter: String,
-    /// What the store holds, read through the inventory's seam.
+    /// What the store holds, read through the inventory's seam, and the
+    /// snapshotter the layers are unpacked into.
     store: ContainerdStore,
     /// Free space that must stay free, and where it is read.
     pub reserve: Reserve,
@@ -91,7 +91,7 @@ impl Engine {
         Ok(Engine {
             store: ContainerdStore {
                 containerd: containerd.clone(),
-                snapshotter: snapshotter.clone(),
+                snapshotter,
             },
             bandwidth: Bandwidth::new(settings.throttle.bandwidth),
             unpack_pace: Bandwidth::new(None),
@@ -117,7 +117,6 @@ impl Engine {
             containerd,
             cri,
             registry: RegistrySource(Arc::new(registries)),
-            snapshotter,
             archives: Vec::new(),
         })
     }
@@ -210,7 +209,7 @@ impl Engine {
             started_at,
             finished_at: crate::time::rfc3339(std::time::SystemTime::now()),
             platform: self.settings.pull.platform.to_string(),
-            snapshotter: self.snapshotter.clone(),
+            snapshotter: self.store.snapshotter.clone(),
             bandwidth: self.settings.throttle.bandwidth.map(|b| b.get()),
             interrupted,
             io_cap: None,
@@ -446,10 +445,7 @@ impl Engine {
                 // than writing it a second time beside it.
                 let chain_lock = self.chain_lock(chain);
                 let _unpacking = chain_lock.lock().await;
-                let done = self
-                    .containerd
-                    .snapshot_exists(&self.snapshotter, chain)
-                    .await?;
+                let done = self.store.has_snapshot(chain).await?;
                 // Check there is room first, and watch free space while the
                 // layer is written.
                 let estimate = if done {
@@ -468,7 +464,7 @@ impl Engine {
                     None
                 } else {
                     let unpack = self.containerd.unpack_layer(
-                        &self.snapshotter,
+                        &self.store.snapshotter,
                         layer,
                         &r.diff_ids[i],
                         chain,
@@ -494,7 +490,7 @@ impl Engine {
                     // What the layer wrote is paid for by the next unpack.
                     let written = match self
                         .containerd
-                        .snapshot_usage(&self.snapshotter, chain)
+                        .snapshot_usage(&self.store.snapshotter, chain)
                         .await
                     {
                         Ok(bytes) => bytes,
@@ -532,7 +528,7 @@ impl Engine {
                 .content_label(
                     &r.config.desc.digest,
                     HashMap::from([(
-                        format!("{}{}", labels::GC_REF_SNAPSHOT, self.snapshotter),
+                        format!("{}{}", labels::GC_REF_SNAPSHOT, self.store.snapshotter),
                         top_chain.clone(),
                     )]),
                 )

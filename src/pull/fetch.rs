@@ -27,16 +27,6 @@ const DISK_WATCH_INTERVAL: Duration = Duration::from_millis(200);
 /// How often a blob another writer holds is looked for.
 const LOCK_POLL: Duration = Duration::from_millis(200);
 
-/// containerd's answer for an ingest ref another writer holds.
-fn is_locked(e: &crate::containerd::ContainerdError) -> bool {
-    match e {
-        crate::containerd::ContainerdError::Call { status, .. } => {
-            status.code() == tonic::Code::Unavailable && status.message().contains("locked")
-        }
-        _ => false,
-    }
-}
-
 /// The free space a run must leave on the image filesystem.
 pub struct Reserve {
     pub disk: Arc<dyn DiskProbe>,
@@ -96,7 +86,7 @@ impl Fetcher<'_> {
         let mut said = false;
         loop {
             match self.containerd.content_writer(reference, desc, lease).await {
-                Err(e) if is_locked(&e) => {
+                Err(e) if e.is_locked() => {
                     if !said {
                         tracing::info!(%reference, "held by another writer; waiting for it");
                         said = true;
