@@ -64,6 +64,11 @@ pub struct Target {
     /// The lower layers' directories, topmost first.
     pub parents: Vec<PathBuf>,
     pub whiteouts: Whiteouts,
+    /// The lower layers are not written yet (a layer staged while its
+    /// parents still arrive): the directories this layer creates on the
+    /// way are listed in [`Applied::implicit`], for [`adopt_parents`] once
+    /// the lowers are there. `parents` is then not read.
+    pub parents_later: bool,
 }
 
 /// What an applied layer was.
@@ -75,6 +80,9 @@ pub struct Applied {
     pub size: u64,
     /// Entries read.
     pub entries: u64,
+    /// With [`Target::parents_later`]: the directories created only
+    /// because an entry lay below them, relative to the root.
+    pub implicit: Vec<PathBuf>,
 }
 
 /// Why a layer could not be applied. The caller names the image and layer.
@@ -105,6 +113,7 @@ pub fn apply(
         pace,
         unpacked: HashSet::new(),
         plain_dirs: HashSet::new(),
+        implicit: HashSet::new(),
         dirs: Vec::new(),
         size: 0,
         entries: 0,
@@ -123,6 +132,11 @@ pub fn apply(
         diff_id: crate::digest::finish(hashed.hash),
         size: applier.size,
         entries: applier.entries,
+        implicit: applier
+            .implicit
+            .into_iter()
+            .map(PathBuf::from_iter)
+            .collect(),
     })
 }
 
@@ -173,6 +187,8 @@ struct Applier<'a> {
     /// way down, no symlink on the way. Forgotten whenever something is
     /// removed.
     plain_dirs: HashSet<Vec<OsString>>,
+    /// Directories made on the way, while the lowers are not there yet.
+    implicit: HashSet<Vec<OsString>>,
     /// Directories whose times are set at the end.
     dirs: Vec<(Vec<OsString>, Times, String)>,
     size: u64,
@@ -206,7 +222,8 @@ impl Applier<'_> {
             let resolved =
                 resolve(root, comps.clone()).map_err(|e| err(format!("resolving: {e}")))?;
             if !resolved.is_empty() {
-                mkparent(root, &resolved, &self.target.parents)
+                let made = self.target.parents_later.then_some(&mut self.implicit);
+                mkparent(root, &resolved, &self.target.parents, made)
                     .map_err(|e| err(format!("creating its parent directories: {e}")))?;
             }
             if resolved == comps {
@@ -269,6 +286,8 @@ impl Applier<'_> {
         if kind.is_dir() {
             let mut full = parent_comps;
             full.push(base);
+            // Its own entry says what it is.
+            self.implicit.remove(&full);
             self.dirs.push((full, meta.times, shown.clone()));
         }
         if self.target.whiteouts == Whiteouts::Remove {
@@ -611,7 +630,14 @@ fn resolve(root: &Path, mut comps: Vec<OsString>) -> io::Result<Vec<OsString>> {
 /// Creates the missing directories of `comps` under `root`, each taking
 /// the mode, owner, times and xattrs of the same directory in the topmost
 /// parent layer that has one (a non-directory there stops the search).
-fn mkparent(root: &Path, comps: &[OsString], parents: &[PathBuf]) -> io::Result<()> {
+/// With `made`, the lowers are not there yet: the new directories are
+/// listed in it instead, and keep 0755 until [`adopt_parents`].
+fn mkparent(
+    root: &Path,
+    comps: &[OsString],
+    parents: &[PathBuf],
+    mut made: Option<&mut HashSet<Vec<OsString>>>,
+) -> io::Result<()> {
     let mut path = root.to_path_buf();
     for (depth, c) in comps.iter().enumerate() {
         path.push(c);
@@ -628,30 +654,63 @@ fn mkparent(root: &Path, comps: &[OsString], parents: &[PathBuf]) -> io::Result<
         }
         std::fs::create_dir(&path)?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
-        for lower in parents {
-            let Ok(rel) = resolve(lower, comps[..=depth].to_vec()) else {
-                break;
-            };
-            let lower_path = join(lower, &rel);
-            match std::fs::symlink_metadata(&lower_path) {
-                Ok(m) if m.is_dir() => {
-                    copy_dir_info(&m, &path)?;
-                    copy_up_xattrs(&lower_path, &path)?;
-                    break;
-                }
-                // Replaced in that layer: nothing to copy.
-                Ok(_) => break,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
+        match made.as_deref_mut() {
+            Some(made) => {
+                made.insert(comps[..=depth].to_vec());
             }
+            None => adopt(&path, &comps[..=depth], parents, true)?,
         }
     }
     Ok(())
 }
 
-fn copy_dir_info(from: &std::fs::Metadata, to: &Path) -> io::Result<()> {
+/// Gives the directories a staged layer created on the way (`implicit`,
+/// relative to `root`) what [`mkparent`] would have given them had the
+/// lowers been there: the mode, owner and xattrs of the topmost lower
+/// directory at that path. Their times are left as they are: in
+/// containerd's apply too, the files written into them move them on.
+pub fn adopt_parents(root: &Path, implicit: &[PathBuf], parents: &[PathBuf]) -> io::Result<()> {
+    for rel in implicit {
+        let path = root.join(rel);
+        // Removed again, or replaced, later in the layer: nothing to adopt.
+        if !std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
+            continue;
+        }
+        let comps: Vec<OsString> = rel.iter().map(OsStr::to_os_string).collect();
+        adopt(&path, &comps, parents, false)?;
+    }
+    Ok(())
+}
+
+/// Copies the topmost lower directory at `comps` onto the new directory
+/// `path`: owner, mode, xattrs, and with `times` its times.
+fn adopt(path: &Path, comps: &[OsString], parents: &[PathBuf], times: bool) -> io::Result<()> {
+    for lower in parents {
+        let Ok(rel) = resolve(lower, comps.to_vec()) else {
+            break;
+        };
+        let lower_path = join(lower, &rel);
+        match std::fs::symlink_metadata(&lower_path) {
+            Ok(m) if m.is_dir() => {
+                copy_dir_info(&m, path, times)?;
+                copy_up_xattrs(&lower_path, path)?;
+                break;
+            }
+            // Replaced in that layer: nothing to copy.
+            Ok(_) => break,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn copy_dir_info(from: &std::fs::Metadata, to: &Path, times: bool) -> io::Result<()> {
     lchown(to, from.uid(), from.gid())?;
     std::fs::set_permissions(to, std::fs::Permissions::from_mode(from.mode() & 0o7777))?;
+    if !times {
+        return Ok(());
+    }
     set_times(
         to,
         Times {

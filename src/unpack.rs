@@ -131,6 +131,7 @@ pub fn target_of(mounts: &[Mount]) -> Option<Target> {
                 root: PathBuf::from(&m.source),
                 parents: Vec::new(),
                 whiteouts: Whiteouts::Remove,
+                parents_later: false,
             })
         }
         "overlay" => {
@@ -149,6 +150,7 @@ pub fn target_of(mounts: &[Mount]) -> Option<Target> {
                 root: upper?,
                 parents: lowers,
                 whiteouts: Whiteouts::Overlay,
+                parents_later: false,
             })
         }
         _ => None,

@@ -16,6 +16,7 @@ fn target(root: &Path, parents: &[&Path], whiteouts: Whiteouts) -> Target {
         root: root.to_path_buf(),
         parents: parents.iter().map(|p| p.to_path_buf()).collect(),
         whiteouts,
+        parents_later: false,
     }
 }
 
@@ -120,6 +121,17 @@ fn whiteouts_on_a_first_layer_remove() {
 
 #[test]
 fn whiteouts_on_an_overlay_upper_and_parents_from_the_lower() {
+    overlay_upper(false);
+}
+
+/// The same layer staged before its lower exists: the directories made on
+/// the way are listed, and adopted from the lower once it is there.
+#[test]
+fn a_staged_layer_adopts_its_parents_later() {
+    overlay_upper(true);
+}
+
+fn overlay_upper(staged: bool) {
     let dir = tempfile::tempdir().unwrap();
     let lower = dir.path().join("lower");
     let upper = dir.path().join("upper");
@@ -128,14 +140,38 @@ fn whiteouts_on_an_overlay_upper_and_parents_from_the_lower() {
         .dir("opt/app", 0o711, (7, 8))
         .file("opt/app/bin", 0o755, (7, 8), b"x")
         .bytes();
-    apply(&target(&lower, &[], Whiteouts::Remove), &base[..], &|_| {}).unwrap();
-    let t = target(&upper, &[&lower], Whiteouts::Overlay);
     let top = Layer::new()
         .file("opt/app/.wh.bin", 0o644, (0, 0), b"")
         .file("opt/.wh..wh..opq", 0o644, (0, 0), b"")
         .file("opt/app/conf", 0o600, (0, 0), b"new")
+        .dir("srv", 0o700, (3, 3))
+        .file("srv/x/y", 0o600, (0, 0), b"y")
         .bytes();
-    apply(&t, &top[..], &|_| {}).unwrap();
+    if staged {
+        let mut t = target(&upper, &[], Whiteouts::Overlay);
+        t.parents_later = true;
+        let applied = apply(&t, &top[..], &|_| {}).unwrap();
+        let mut implicit = applied.implicit.clone();
+        implicit.sort();
+        // srv has its own entry; srv/x does not, but no lower has it.
+        let want: Vec<PathBuf> = ["opt", "opt/app", "srv/x"]
+            .iter()
+            .map(PathBuf::from)
+            .collect();
+        assert_eq!(implicit, want);
+        assert_eq!(meta(&upper.join("opt")).mode() & 0o7777, 0o755, "not yet");
+        apply(&target(&lower, &[], Whiteouts::Remove), &base[..], &|_| {}).unwrap();
+        prewarm::extract::adopt_parents(&upper, &applied.implicit, std::slice::from_ref(&lower))
+            .unwrap();
+    } else {
+        apply(&target(&lower, &[], Whiteouts::Remove), &base[..], &|_| {}).unwrap();
+        let t = target(&upper, &[&lower], Whiteouts::Overlay);
+        let applied = apply(&t, &top[..], &|_| {}).unwrap();
+        assert!(applied.implicit.is_empty());
+    }
+    let m = meta(&upper.join("srv"));
+    assert_eq!((m.mode() & 0o7777, m.uid()), (0o700, 3), "its own entry");
+    assert_eq!(meta(&upper.join("srv/x")).mode() & 0o7777, 0o755);
     let wh = meta(&upper.join("opt/app/bin"));
     assert!(
         wh.file_type().is_char_device() && wh.rdev() == 0,
