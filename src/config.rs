@@ -144,6 +144,7 @@ struct RawPull {
     gc: Option<bool>,
     unpack: Option<String>,
     keep_layers: Option<bool>,
+    unpack_while_downloading: Option<bool>,
     progress_interval: Option<HumanDuration>,
 }
 
@@ -627,6 +628,10 @@ pub struct PullSettings {
     /// Keep each layer's compressed blob in the content store once it is
     /// unpacked (`false`: as containerd's `discard_unpacked_layers`).
     pub keep_layers: bool,
+    /// With `unpack = "prewarm"` on overlayfs: unpack each layer while it
+    /// downloads, layers side by side (`layer-concurrency`), each moved
+    /// into place once its parent is committed.
+    pub unpack_while_downloading: bool,
     /// How often a progress line is logged and sent to systemd.
     pub progress_interval: Duration,
 }
@@ -985,6 +990,7 @@ impl Settings {
                 state_dir: "/var/lib/prewarm".into(),
                 gc: false,
                 keep_layers: true,
+                unpack_while_downloading: false,
                 progress_interval: Duration::from_secs(5),
             },
             throttle: ThrottleSettings {
@@ -1137,6 +1143,9 @@ impl Settings {
         }
         if let Some(v) = p.keep_layers {
             self.pull.keep_layers = v;
+        }
+        if let Some(v) = p.unpack_while_downloading {
+            self.pull.unpack_while_downloading = v;
         }
         if let Some(v) = p.progress_interval {
             if v.0 > MAX_PROGRESS_INTERVAL {

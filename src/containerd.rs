@@ -13,8 +13,8 @@ use containerd_client::services::v1::images_client::ImagesClient;
 use containerd_client::services::v1::leases_client::LeasesClient;
 use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
 use containerd_client::services::v1::snapshots::{
-    CommitSnapshotRequest, PrepareSnapshotRequest, RemoveSnapshotRequest, StatSnapshotRequest,
-    UsageRequest,
+    CommitSnapshotRequest, ListSnapshotsRequest, PrepareSnapshotRequest, RemoveSnapshotRequest,
+    StatSnapshotRequest, UsageRequest,
 };
 use containerd_client::services::v1::{
     AbortRequest, ApplyRequest, CreateImageRequest, CreateRequest, DeleteImageRequest,
@@ -456,31 +456,16 @@ impl Containerd {
         if self.snapshot_exists(snapshotter, chain_id).await? {
             return Ok(None);
         }
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let key = format!("extract-{nanos}-{chain_id}");
-        let mut snaps = SnapshotsClient::new(self.channel());
+        let key = unique_key("extract", chain_id);
         let labels = HashMap::from([(
             "containerd.io/snapshot.ref".to_string(),
             chain_id.to_string(),
         )]);
-        let prepared = snaps
-            .prepare(self.req(
-                PrepareSnapshotRequest {
-                    snapshotter: snapshotter.to_string(),
-                    key: key.clone(),
-                    parent: parent.to_string(),
-                    labels,
-                },
-                Some(lease),
-            ))
-            .await;
-        let mounts = match prepared {
-            Ok(r) => r.into_inner().mounts,
-            Err(s) if s.code() == Code::AlreadyExists => return Ok(None),
-            Err(s) => return Err(ContainerdError::call("preparing snapshot", chain_id)(s).into()),
+        let Some(mounts) = self
+            .snapshot_prepare(snapshotter, &key, parent, labels, lease)
+            .await?
+        else {
+            return Ok(None);
         };
         let result = async {
             let (applied, said) = apply(mounts).await?;
@@ -492,7 +477,7 @@ impl Containerd {
                 }
                 .into());
             }
-            match snaps
+            match SnapshotsClient::new(self.channel())
                 .commit(self.req(
                     CommitSnapshotRequest {
                         snapshotter: snapshotter.to_string(),
@@ -511,17 +496,84 @@ impl Containerd {
         }
         .await;
         if !matches!(result, Ok(Some(_))) {
-            let _ = SnapshotsClient::new(self.channel())
-                .remove(self.req(
-                    RemoveSnapshotRequest {
-                        snapshotter: snapshotter.to_string(),
-                        key,
-                    },
-                    Some(lease),
-                ))
-                .await;
+            let _ = self.snapshot_remove(snapshotter, &key, Some(lease)).await;
         }
         result
+    }
+
+    /// Prepares the active snapshot `key` on `parent` (empty: none) under
+    /// `lease`, and returns its mounts; `None` when `key` exists already.
+    pub async fn snapshot_prepare(
+        &self,
+        snapshotter: &str,
+        key: &str,
+        parent: &str,
+        labels: HashMap<String, String>,
+        lease: &str,
+    ) -> Result<Option<Vec<Mount>>, ContainerdError> {
+        match SnapshotsClient::new(self.channel())
+            .prepare(self.req(
+                PrepareSnapshotRequest {
+                    snapshotter: snapshotter.to_string(),
+                    key: key.to_string(),
+                    parent: parent.to_string(),
+                    labels,
+                },
+                Some(lease),
+            ))
+            .await
+        {
+            Ok(r) => Ok(Some(r.into_inner().mounts)),
+            Err(s) if s.code() == Code::AlreadyExists => Ok(None),
+            Err(s) => Err(ContainerdError::call("preparing snapshot", key)(s)),
+        }
+    }
+
+    /// Removes snapshot `key`; one that is not there is no error.
+    pub async fn snapshot_remove(
+        &self,
+        snapshotter: &str,
+        key: &str,
+        lease: Option<&str>,
+    ) -> Result<(), ContainerdError> {
+        match SnapshotsClient::new(self.channel())
+            .remove(self.req(
+                RemoveSnapshotRequest {
+                    snapshotter: snapshotter.to_string(),
+                    key: key.to_string(),
+                },
+                lease,
+            ))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(s) if s.code() == Code::NotFound => Ok(()),
+            Err(s) => Err(ContainerdError::call("removing snapshot", key)(s)),
+        }
+    }
+
+    /// The names (keys) of every snapshot of `snapshotter`.
+    pub async fn snapshot_names(&self, snapshotter: &str) -> Result<Vec<String>, ContainerdError> {
+        let mut stream = SnapshotsClient::new(self.channel())
+            .list(self.req(
+                ListSnapshotsRequest {
+                    snapshotter: snapshotter.to_string(),
+                    filters: Vec::new(),
+                },
+                None,
+            ))
+            .await
+            .map_err(ContainerdError::call("listing snapshots", snapshotter))?
+            .into_inner();
+        let mut names = Vec::new();
+        while let Some(page) = stream
+            .message()
+            .await
+            .map_err(ContainerdError::call("listing snapshots", snapshotter))?
+        {
+            names.extend(page.info.into_iter().map(|i| i.name));
+        }
+        Ok(names)
     }
 
     /// Fills prepared snapshot `mounts` with `layer` through containerd's
@@ -804,6 +856,16 @@ impl ContentWriter {
             Err(e) => Err(e),
         }
     }
+}
+
+/// A snapshot key no other run chooses: `prefix`, the time in
+/// nanoseconds, and `what`.
+pub fn unique_key(prefix: &str, what: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{prefix}-{nanos}-{what}")
 }
 
 fn closed(op: &'static str, subject: &str) -> ContainerdError {

@@ -658,7 +658,9 @@ fn mkparent(
             Some(made) => {
                 made.insert(comps[..=depth].to_vec());
             }
-            None => adopt(&path, &comps[..=depth], parents, true)?,
+            None => {
+                adopt(&path, &comps[..=depth], parents, true)?;
+            }
         }
     }
     Ok(())
@@ -667,9 +669,14 @@ fn mkparent(
 /// Gives the directories a staged layer created on the way (`implicit`,
 /// relative to `root`) what [`mkparent`] would have given them had the
 /// lowers been there: the mode, owner and xattrs of the topmost lower
-/// directory at that path. Their times are left as they are: in
-/// containerd's apply too, the files written into them move them on.
+/// directory at that path. One no lower has takes its parent's group when
+/// that parent is setgid, as the kernel would have given it at `mkdir`.
+/// Their times are left as they are: in containerd's apply too, the files
+/// written into them move them on.
 pub fn adopt_parents(root: &Path, implicit: &[PathBuf], parents: &[PathBuf]) -> io::Result<()> {
+    // Parents first: a child's group can follow its parent's.
+    let mut implicit: Vec<&PathBuf> = implicit.iter().collect();
+    implicit.sort_by_key(|p| p.components().count());
     for rel in implicit {
         let path = root.join(rel);
         // Removed again, or replaced, later in the layer: nothing to adopt.
@@ -677,14 +684,21 @@ pub fn adopt_parents(root: &Path, implicit: &[PathBuf], parents: &[PathBuf]) -> 
             continue;
         }
         let comps: Vec<OsString> = rel.iter().map(OsStr::to_os_string).collect();
-        adopt(&path, &comps, parents, false)?;
+        if !adopt(&path, &comps, parents, false)? {
+            let parent = std::fs::symlink_metadata(path.parent().unwrap_or(root))?;
+            if parent.mode() & libc::S_ISGID != 0 {
+                let own = std::fs::symlink_metadata(&path)?;
+                lchown(&path, own.uid(), parent.gid())?;
+            }
+        }
     }
     Ok(())
 }
 
 /// Copies the topmost lower directory at `comps` onto the new directory
-/// `path`: owner, mode, xattrs, and with `times` its times.
-fn adopt(path: &Path, comps: &[OsString], parents: &[PathBuf], times: bool) -> io::Result<()> {
+/// `path`: owner, mode, xattrs, and with `times` its times. False when no
+/// lower has a directory there.
+fn adopt(path: &Path, comps: &[OsString], parents: &[PathBuf], times: bool) -> io::Result<bool> {
     for lower in parents {
         let Ok(rel) = resolve(lower, comps.to_vec()) else {
             break;
@@ -694,7 +708,7 @@ fn adopt(path: &Path, comps: &[OsString], parents: &[PathBuf], times: bool) -> i
             Ok(m) if m.is_dir() => {
                 copy_dir_info(&m, path, times)?;
                 copy_up_xattrs(&lower_path, path)?;
-                break;
+                return Ok(true);
             }
             // Replaced in that layer: nothing to copy.
             Ok(_) => break,
@@ -702,7 +716,7 @@ fn adopt(path: &Path, comps: &[OsString], parents: &[PathBuf], times: bool) -> i
             Err(e) => return Err(e),
         }
     }
-    Ok(())
+    Ok(false)
 }
 
 fn copy_dir_info(from: &std::fs::Metadata, to: &Path, times: bool) -> io::Result<()> {
@@ -754,7 +768,7 @@ fn cpath(path: &Path) -> io::Result<CString> {
     CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)
 }
 
-fn lchown(path: &Path, uid: u32, gid: u32) -> io::Result<()> {
+pub(crate) fn lchown(path: &Path, uid: u32, gid: u32) -> io::Result<()> {
     std::os::unix::fs::lchown(path, Some(uid), Some(gid))
         .map_err(|e| io::Error::new(e.kind(), format!("chown {uid}:{gid}: {e}")))
 }

@@ -14,7 +14,7 @@
 
 use crate::config::Unpack;
 use crate::containerd::{Containerd, ContainerdError, Desc, Mount};
-use crate::extract::{self, ExtractError, Target, Whiteouts};
+use crate::extract::{self, Applied, ExtractError, Target, Whiteouts};
 use crate::manifest::{layer_compression, Compression};
 use crate::throttle::Bandwidth;
 use bytes::Bytes;
@@ -22,6 +22,7 @@ use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use std::io::Read;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// Why a layer could not be unpacked.
@@ -37,6 +38,12 @@ pub enum UnpackError {
     },
     #[error("unpacking layer {layer}: media type {media_type:?} is not a layer prewarm can apply")]
     MediaType { layer: String, media_type: String },
+    #[error("moving the unpacked layer {layer} into its snapshot")]
+    Place {
+        layer: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("unpacking layer {layer}: the unpacking thread failed: {message}")]
     Thread { layer: String, message: String },
 }
@@ -158,20 +165,14 @@ pub fn target_of(mounts: &[Mount]) -> Option<Target> {
 }
 
 /// Reads the blob from containerd's content store, decompresses it and
-/// applies it to `target` on a blocking thread, its file writes held to
-/// `pace`: these writes are prewarm's, which an IO cap on containerd's
-/// cgroup does not hold.
+/// applies it to `target`, its file writes held to `pace`: these writes
+/// are prewarm's, which an IO cap on containerd's cgroup does not hold.
 async fn in_process(
     c: &Containerd,
     layer: &Desc,
     target: Target,
     pace: Arc<Bandwidth>,
 ) -> Result<String, UnpackError> {
-    let compression =
-        layer_compression(&layer.media_type).ok_or_else(|| UnpackError::MediaType {
-            layer: layer.digest.clone(),
-            media_type: layer.media_type.clone(),
-        })?;
     let mut stream = c.content_read(&layer.digest).await?;
     // A few chunks in flight: the network side never waits on the disk for
     // long, and memory stays bounded.
@@ -185,13 +186,121 @@ async fn in_process(
             }
         }
     };
+    // The store's stream ends where the blob does.
+    let input = Tapped {
+        rx,
+        ended: Arc::new(AtomicBool::new(true)),
+    };
+    let (_, applied) = tokio::join!(feed, extract_stream(layer, input, target, pace));
+    Ok(applied?.diff_id)
+}
+
+/// A layer's compressed bytes handed to an extraction while they download:
+/// [`Tap::feed`] passes on each chunk at the offset it was written, and
+/// [`Tap::close`] ends the stream once the blob is committed. The
+/// extraction sees every byte of the blob once and in order, or an error:
+/// a gap (a download that resumed past what the tap saw), a rejected blob,
+/// or a download that stopped.
+pub struct Tap {
+    state: tokio::sync::Mutex<TapState>,
+    ended: Arc<AtomicBool>,
+}
+
+struct TapState {
+    tx: Option<tokio::sync::mpsc::Sender<std::io::Result<Bytes>>>,
+    /// Bytes of the blob passed on so far.
+    pos: u64,
+}
+
+/// The receiving end of a [`Tap`], for [`extract_stream`].
+pub struct Tapped {
+    rx: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>,
+    ended: Arc<AtomicBool>,
+}
+
+impl Tap {
+    pub fn new() -> (Tap, Tapped) {
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let ended = Arc::new(AtomicBool::new(false));
+        let tap = Tap {
+            state: tokio::sync::Mutex::new(TapState {
+                tx: Some(tx),
+                pos: 0,
+            }),
+            ended: ended.clone(),
+        };
+        (tap, Tapped { rx, ended })
+    }
+
+    /// `chunk`, which starts at byte `start` of the blob: what the tap has
+    /// not passed on yet goes on; a gap before it closes the tap.
+    pub async fn feed(&self, start: u64, chunk: &Bytes) {
+        let mut st = self.state.lock().await;
+        let Some(tx) = st.tx.clone() else { return };
+        let end = start + chunk.len() as u64;
+        if start > st.pos {
+            tracing::debug!(
+                start,
+                seen = st.pos,
+                "the download skipped what the unpack has not seen"
+            );
+            st.tx = None;
+            return;
+        }
+        if end <= st.pos {
+            return;
+        }
+        let fresh = chunk.slice((st.pos - start) as usize..);
+        if tx.send(Ok(fresh)).await.is_err() {
+            // The extraction ended early: it has its own error.
+            st.tx = None;
+            return;
+        }
+        st.pos = end;
+    }
+
+    /// What was passed on is not the blob (it was rejected at commit):
+    /// the extraction fails.
+    pub async fn cut(&self) {
+        self.state.lock().await.tx = None;
+    }
+
+    /// The blob of `size` bytes is committed. Ends the extraction's stream
+    /// and returns true when the tap passed on all of it; otherwise the
+    /// extraction fails, and the layer must be read from the store.
+    pub async fn close(&self, size: u64) -> bool {
+        let mut st = self.state.lock().await;
+        let whole = st.tx.is_some() && st.pos == size;
+        self.ended.store(whole, Ordering::Release);
+        st.tx = None;
+        whole
+    }
+}
+
+/// Decompresses `input` and applies it to `target` on two blocking threads
+/// (one decompresses, the other hashes and writes files, so that both
+/// cores work on a layer), the file writes held to `pace`.
+pub async fn extract_stream(
+    layer: &Desc,
+    input: Tapped,
+    target: Target,
+    pace: Arc<Bandwidth>,
+) -> Result<Applied, UnpackError> {
+    let compression =
+        layer_compression(&layer.media_type).ok_or_else(|| UnpackError::MediaType {
+            layer: layer.digest.clone(),
+            media_type: layer.media_type.clone(),
+        })?;
     let digest = layer.digest.clone();
-    // Two threads: one decompresses, the other hashes and writes files, so
-    // that both cores work on a layer.
     let (plain_tx, plain_rx) = std::sync::mpsc::sync_channel::<std::io::Result<Bytes>>(4);
     let decompress = tokio::task::spawn_blocking(move || {
-        let mut rx = rx;
-        let blob = ChunkReader::new(move || rx.blocking_recv());
+        let Tapped { mut rx, ended } = input;
+        let blob = ChunkReader::new(move || match rx.blocking_recv() {
+            None if !ended.load(Ordering::Acquire) => Some(Err(std::io::Error::other(
+                "the download stopped before the layer's end",
+            ))),
+            next => next,
+        });
         let decoder: std::io::Result<Box<dyn Read>> = match compression {
             Compression::None => Ok(Box::new(blob)),
             Compression::Gzip => Ok(Box::new(flate2::read::MultiGzDecoder::new(blob))),
@@ -233,13 +342,9 @@ async fn in_process(
         };
         extract::apply(&target, tar, &hold)
     });
-    let extract = async move {
-        let applied = extract.await;
-        // The decompressor ends once the extractor has dropped its end.
-        let _ = decompress.await;
-        applied
-    };
-    let (_, applied) = tokio::join!(feed, extract);
+    let applied = extract.await;
+    // The decompressor ends once the extractor has dropped its end.
+    let _ = decompress.await;
     let applied = applied
         .map_err(|e| UnpackError::Thread {
             layer: digest.clone(),
@@ -250,7 +355,7 @@ async fn in_process(
             source,
         })?;
     tracing::debug!(layer = %digest, entries = applied.entries, bytes = applied.size, "unpacked in process");
-    Ok(applied.diff_id)
+    Ok(applied)
 }
 
 /// Reads until `buf` is full or the stream ends.

@@ -15,16 +15,42 @@ use testbed::{Containerd, LayerSpec};
 async fn prewarm_unpacks_what_containerd_unpacks() {
     let env = Env::start();
     let other = Containerd::start(&env.path("c2")).expect("starting a second containerd");
-    fidelity::containerd_and_prewarm_agree(&env, &other).await;
+    fidelity::containerd_and_prewarm_agree(&env, &other, "unpack-while-downloading = false").await;
 }
 
-/// The env's config with the in-process unpack and `extra`.
-fn prewarm_config(env: &Env, reference: &str, pull: &str, extra: &str) -> PathBuf {
+/// The same with every layer unpacked while it downloads, all four side
+/// by side, each moved into place once its parent is committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn layers_unpacked_while_downloading_are_what_containerd_unpacks() {
+    let env = Env::start();
+    let other = Containerd::start(&env.path("c2")).expect("starting a second containerd");
+    fidelity::containerd_and_prewarm_agree(
+        &env,
+        &other,
+        "unpack-while-downloading = true\nlayer-concurrency = 4",
+    )
+    .await;
+    no_stage_left(&other);
+}
+
+/// The env's config with the in-process unpack (`staged`: while the
+/// layers download, side by side) and `extra`.
+fn prewarm_config(env: &Env, reference: &str, staged: bool, pull: &str, extra: &str) -> PathBuf {
     env.config_with(
         &[(reference, true)],
-        &format!("unpack = \"prewarm\"\n{pull}"),
+        &format!(
+            "unpack = \"prewarm\"\nunpack-while-downloading = {staged}\nlayer-concurrency = 3\n{pull}"
+        ),
         extra,
     )
+}
+
+/// No staging snapshot is left in `c`.
+fn no_stage_left(c: &Containerd) {
+    let left = c
+        .ctr(&["snapshots", "--snapshotter", "overlayfs", "ls"])
+        .unwrap();
+    assert!(!left.contains("prewarm-stage"), "{left}");
 }
 
 /// A layer whose config claims another diff ID is unpacked, found out and
@@ -32,6 +58,15 @@ fn prewarm_config(env: &Env, reference: &str, pull: &str, extra: &str) -> PathBu
 /// snapshot left behind, the image not recorded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_diff_id_is_never_committed() {
+    wrong_diff_id_is_never_committed_when(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_diff_id_is_never_committed_staged() {
+    wrong_diff_id_is_never_committed_when(true).await;
+}
+
+async fn wrong_diff_id_is_never_committed_when(staged: bool) {
     let env = Env::start();
     let lie = LayerSpec {
         files: vec![("etc/motd".into(), b"hello".to_vec())],
@@ -39,7 +74,7 @@ async fn a_wrong_diff_id_is_never_committed() {
         ..Default::default()
     };
     let pushed = env.push_layers("lies/app:1", vec![lie]);
-    let config = prewarm_config(&env, &pushed.reference, "retries = 1", "");
+    let config = prewarm_config(&env, &pushed.reference, staged, "retries = 1", "");
     let out = env.prewarm(&["pull", "--config", config.to_str().unwrap()]);
     assert_eq!(exit_code(&out), 3);
     let report = env.report();
@@ -64,6 +99,15 @@ async fn a_wrong_diff_id_is_never_committed() {
 /// snapshot's own directory.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hostile_layer_stays_inside_its_snapshot() {
+    hostile_layer_stays_inside_its_snapshot_when(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_layer_stays_inside_its_snapshot_staged() {
+    hostile_layer_stays_inside_its_snapshot_when(true).await;
+}
+
+async fn hostile_layer_stays_inside_its_snapshot_when(staged: bool) {
     let env = Env::start();
     let tar = Layer::new().escapes().bytes();
     let hostile = LayerSpec {
@@ -74,6 +118,7 @@ async fn a_hostile_layer_stays_inside_its_snapshot() {
     let config = prewarm_config(
         &env,
         &pushed.reference,
+        staged,
         "retries = 0",
         "[throttle]\nwrite-bandwidth = \"64MiB/s\"\n",
     );
@@ -111,6 +156,7 @@ async fn a_hostile_layer_stays_inside_its_snapshot() {
         assert_eq!(parts.len(), 3, "directly in snapshots/<id>/fs: {p:?}");
         assert_eq!(parts[1].as_os_str(), "fs");
     }
+    no_stage_left(&env.containerd);
 }
 
 /// kill -9 while a layer is being written: the half-written snapshot is
@@ -118,6 +164,15 @@ async fn a_hostile_layer_stays_inside_its_snapshot() {
 /// image complete and correct.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_extract_then_a_rerun_is_correct() {
+    kill_9_mid_extract_then_a_rerun_is_correct_when(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_extract_then_a_rerun_is_correct_staged() {
+    kill_9_mid_extract_then_a_rerun_is_correct_when(true).await;
+}
+
+async fn kill_9_mid_extract_then_a_rerun_is_correct_when(staged: bool) {
     let env = Env::start();
     let parts: Vec<(String, Vec<u8>)> = (0..24)
         .map(|i| {
@@ -140,6 +195,7 @@ async fn kill_9_mid_extract_then_a_rerun_is_correct() {
     let config = prewarm_config(
         &env,
         &pushed.reference,
+        staged,
         "retries = 0",
         "[throttle]\nwrite-bandwidth = \"4MiB/s\"\n",
     );
@@ -172,10 +228,19 @@ async fn kill_9_mid_extract_then_a_rerun_is_correct() {
             .unwrap(),
         "killed mid-layer: nothing committed"
     );
+    let snapshots = env
+        .containerd
+        .ctr(&["snapshots", "--snapshotter", "overlayfs", "ls"])
+        .unwrap();
+    assert_eq!(snapshots.contains("prewarm-stage"), staged, "{snapshots}");
 
-    let config = prewarm_config(&env, &pushed.reference, "retries = 0", "");
+    let config = prewarm_config(&env, &pushed.reference, staged, "retries = 0", "");
     let out = env.prewarm(&["pull", "--config", config.to_str().unwrap()]);
     assert_eq!(exit_code(&out), 0);
+    if staged {
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(said.contains("left half unpacked"), "{said}");
+    }
     env.assert_visible(&pushed, 0).await;
     let (_, mounts) = layer_dirs(&env.containerd, chains.last().unwrap(), "view-k");
     let merged = env.path("merged");
@@ -186,6 +251,7 @@ async fn kill_9_mid_extract_then_a_rerun_is_correct() {
         assert!(got == *data, "{path} is whole");
     }
     assert_eq!(std::fs::read(merged.join("etc/app.conf")).unwrap(), b"conf");
+    no_stage_left(&env.containerd);
 }
 
 /// containerd's native snapshotter hands out bind mounts of a full copy
@@ -219,7 +285,9 @@ async fn the_native_snapshotter_gets_whole_trees() {
         },
     ];
     let pushed = env.push_layers("native/app:1", layers);
-    let config = prewarm_config(&env, &pushed.reference, "retries = 0", "");
+    // Staging asked for, but a native snapshot is a copy of its parent:
+    // the layers are unpacked in order instead.
+    let config = prewarm_config(&env, &pushed.reference, true, "retries = 0", "");
     // A second fragment, as an operator would drop one in.
     let dropin = env.path("root/etc/prewarm/config.d");
     std::fs::create_dir_all(&dropin).unwrap();

@@ -50,7 +50,12 @@ async fn core(suite: &str) {
     // and unpinned on the way. containerd 1.7 crashed on that update
     // while prewarm sent it without the record's target.
     let other = Containerd::start_binary(&env.path("c2"), &binary).unwrap();
-    common::fidelity::containerd_and_prewarm_agree(&env, &other).await;
+    common::fidelity::containerd_and_prewarm_agree(
+        &env,
+        &other,
+        "unpack-while-downloading = true\nlayer-concurrency = 4",
+    )
+    .await;
     let cri = prewarm::cri::Cri::new(env.client().await.channel());
     let seen = cri.image_status(&pushed.reference).await.unwrap().unwrap();
     assert!(!seen.pinned, "{suite}: de-listed, so unpinned");

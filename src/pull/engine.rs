@@ -7,6 +7,7 @@ use super::inventory::{ContainerdStore, ImageStore};
 use super::planner::{PlannedImage, Planner, Sources};
 use super::progress::Progress;
 use super::resolve::{Resolved, Resolver};
+use super::stage::{self, Fetched, Staged, Stager};
 use super::PullError;
 use crate::config::Unpack;
 use crate::config::{ImageEntry, Settings};
@@ -57,6 +58,8 @@ pub struct Engine {
     /// Who fills the snapshots (`[pull] unpack`); prewarm's own writes
     /// are held to `write-bandwidth`.
     unpacker: Box<dyn Unpacker>,
+    /// `write-bandwidth`, for prewarm's own file writes.
+    write_pace: Arc<Bandwidth>,
     /// One lock per layer (chain ID) being unpacked.
     chain_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -88,6 +91,13 @@ impl Engine {
             .snapshotter
             .clone()
             .unwrap_or(image_fs.snapshotter.clone());
+        let write_pace = Arc::new(Bandwidth::new(
+            settings
+                .throttle
+                .io_limits
+                .write_bps
+                .and_then(std::num::NonZeroU64::new),
+        ));
         Ok(Engine {
             store: ContainerdStore {
                 containerd: containerd.clone(),
@@ -99,14 +109,9 @@ impl Engine {
             unpacker: crate::unpack::unpacker(
                 settings.pull.unpack,
                 containerd.clone(),
-                Arc::new(Bandwidth::new(
-                    settings
-                        .throttle
-                        .io_limits
-                        .write_bps
-                        .and_then(std::num::NonZeroU64::new),
-                )),
+                write_pace.clone(),
             ),
+            write_pace,
             retry: Retry::new(settings.pull.retries),
             reserve: Reserve {
                 path: image_fs.mountpoint.display().to_string(),
@@ -190,6 +195,7 @@ impl Engine {
         stop: impl std::future::Future<Output = String>,
     ) -> Report {
         let started_at = crate::time::rfc3339(std::time::SystemTime::now());
+        self.remove_stale_stages().await;
         let sources = |r: &Reference| self.source_for(r);
         let show = |p: &Progress| {
             let line = p.to_string();
@@ -217,6 +223,44 @@ impl Engine {
             images,
             gc: None,
             summary,
+        }
+    }
+
+    /// Does this run unpack layers while they download?
+    fn stages(&self) -> bool {
+        let p = &self.settings.pull;
+        p.unpack_while_downloading
+            && p.unpack == Unpack::Prewarm
+            && self.store.snapshotter == "overlayfs"
+    }
+
+    /// Staging snapshots a killed run left: a re-run unpacks those layers
+    /// again, so their space comes back now rather than when their lease
+    /// expires.
+    async fn remove_stale_stages(&self) {
+        if !self.stages() {
+            return;
+        }
+        let names = match self
+            .containerd
+            .snapshot_names(&self.store.snapshotter)
+            .await
+        {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::debug!(error = %e, "listing snapshots for stale stages");
+                return;
+            }
+        };
+        for name in names.iter().filter(|n| stage::is_stale(n)) {
+            tracing::info!(snapshot = %name, "removing a layer a stopped run left half unpacked");
+            if let Err(e) = self
+                .containerd
+                .snapshot_remove(&self.store.snapshotter, name, None)
+                .await
+            {
+                tracing::warn!(error = %e, snapshot = %name, "removing a stale staging snapshot");
+            }
         }
     }
 
@@ -400,31 +444,50 @@ impl Engine {
             fetcher.store_small("index", index, &lease, labels).await?;
         }
 
-        // Layers: downloads run ahead (bounded), unpacking follows in order.
+        // Layers: downloads run ahead (bounded), unpacking follows in order;
+        // with staging, each layer is unpacked as it downloads, and only
+        // moved into place in order.
+        let stager = self.stages().then(|| Stager {
+            containerd: &self.containerd,
+            snapshotter: &self.store.snapshotter,
+            fetcher: &fetcher,
+            reserve: &self.reserve,
+            pace: &self.write_pace,
+            unpack_ratio: self.settings.disk.unpack_ratio,
+            made: Mutex::new(Vec::new()),
+        });
         let (tx, mut rx) = tokio::sync::mpsc::channel(r.layers.len().max(1));
         let producer = async {
-            let mut fetched = futures_util::stream::iter(r.layers.iter().zip(&r.chain_ids))
-                .map(|(layer, chain)| {
-                    let (fetcher, lease, source) = (&fetcher, &lease, source.clone());
-                    async move {
-                        // A layer already unpacked needs no blob unless
-                        // blobs are kept.
-                        if !keep && self.store.has_snapshot(chain).await? {
-                            return Ok(());
+            let mut fetched =
+                futures_util::stream::iter(r.layers.iter().zip(&r.chain_ids).enumerate())
+                    .map(|(i, (layer, chain))| {
+                        let (fetcher, lease, source, stager) =
+                            (&fetcher, &lease, source.clone(), stager.as_ref());
+                        async move {
+                            if self.store.has_snapshot(chain).await? {
+                                // A layer already unpacked needs no blob
+                                // unless blobs are kept.
+                                if !keep {
+                                    return Ok(Fetched::Blob);
+                                }
+                            } else if let Some(stager) = stager {
+                                return stager.stage(r, i, lease, source, downloaded).await;
+                            }
+                            fetcher
+                                .fetch_layer(
+                                    r.source.as_ref(),
+                                    &r.entry.reference,
+                                    layer,
+                                    lease,
+                                    source,
+                                    downloaded,
+                                    None,
+                                )
+                                .await?;
+                            Ok(Fetched::Blob)
                         }
-                        fetcher
-                            .fetch_layer(
-                                r.source.as_ref(),
-                                &r.entry.reference,
-                                layer,
-                                lease,
-                                source,
-                                downloaded,
-                            )
-                            .await
-                    }
-                })
-                .buffered(self.settings.pull.layer_concurrency.get() as usize);
+                    })
+                    .buffered(self.settings.pull.layer_concurrency.get() as usize);
             while let Some(result) = fetched.next().await {
                 if tx.send(result).await.is_err() {
                     break;
@@ -434,11 +497,15 @@ impl Engine {
         let consumer = async {
             let mut parent = String::new();
             for (i, layer) in r.layers.iter().enumerate() {
-                rx.recv().await.ok_or_else(|| PullError::Blob {
+                let fetched: Fetched = rx.recv().await.ok_or_else(|| PullError::Blob {
                     reference: name.clone(),
                     digest: layer.digest.clone(),
                     message: "download stopped".into(),
                 })??;
+                let staged = match fetched {
+                    Fetched::Staged(s) => Some(s),
+                    Fetched::Blob => None,
+                };
                 let chain = &r.chain_ids[i];
                 // One unpack per layer at a time, across images: an image
                 // on the same base waits for it and finds it done, rather
@@ -447,13 +514,13 @@ impl Engine {
                 let _unpacking = chain_lock.lock().await;
                 let done = self.store.has_snapshot(chain).await?;
                 // Check there is room first, and watch free space while the
-                // layer is written.
-                let estimate = if done {
+                // layer is written (a staged layer is written already).
+                let estimate = if done || staged.is_some() {
                     0
                 } else {
                     r.layer_unpacked(i, self.settings.disk.unpack_ratio)
                 };
-                if !done {
+                if !done && staged.is_none() {
                     self.unpack_pace.take(0).await;
                     self.reserve.check(estimate)?;
                 }
@@ -470,13 +537,17 @@ impl Engine {
                         chain,
                         &parent,
                         &lease,
-                        |mounts| self.unpacker.apply(layer, mounts, &lease),
+                        |mounts| self.fill(staged.as_ref(), i, layer, mounts, &lease),
                     );
                     tokio::select! {
                         unpacked = unpack => unpacked?,
                         full = self.reserve.watch() => return Err(full),
                     }
                 };
+                if let (Some(s), Some(stager)) = (&staged, &stager) {
+                    // Empty now, or never moved: either way done with.
+                    stager.remove(&s.key, &lease).await;
+                }
                 if let Some(by) = by {
                     unpacked_by
                         .lock()
@@ -515,14 +586,21 @@ impl Engine {
             }
             Ok::<(), PullError>(())
         };
-        tokio::pin!(producer, consumer);
-        let mut producer_done = false;
-        loop {
-            tokio::select! {
-                _ = &mut producer, if !producer_done => producer_done = true,
-                result = &mut consumer => break result?,
+        let layers = {
+            tokio::pin!(producer, consumer);
+            let mut producer_done = false;
+            loop {
+                tokio::select! {
+                    _ = &mut producer, if !producer_done => producer_done = true,
+                    result = &mut consumer => break result,
+                }
             }
+        };
+        // Stages a failure left (the layers after it): their space back now.
+        if let Some(stager) = &stager {
+            stager.clear(&lease).await;
         }
+        layers?;
         if let Some(top_chain) = r.chain_ids.last() {
             self.containerd
                 .content_label(
@@ -551,6 +629,39 @@ impl Engine {
         // the space back.
         self.containerd.lease_delete(&lease, !keep).await?;
         self.wait_visible(r).await
+    }
+
+    /// Fills the prepared snapshot `mounts` with layer `i`: moves the
+    /// staged copy in where the mounts can take it, and otherwise has the
+    /// unpacker write it from the content store.
+    fn fill<'a>(
+        &'a self,
+        staged: Option<&'a Staged>,
+        i: usize,
+        layer: &'a crate::containerd::Desc,
+        mounts: Vec<crate::containerd::Mount>,
+        lease: &'a str,
+    ) -> futures_util::future::BoxFuture<'a, Result<(String, Unpack), crate::unpack::UnpackError>>
+    {
+        if let Some(s) = staged {
+            match stage::place(s, i, &mounts) {
+                Ok(true) => {
+                    let said = (s.applied.diff_id.clone(), Unpack::Prewarm);
+                    return Box::pin(async move { Ok(said) });
+                }
+                Ok(false) => {
+                    tracing::debug!(layer = %layer.digest, ?mounts, "the snapshot cannot take the staged layer: unpacking it again");
+                }
+                Err(source) => {
+                    // Half moved, perhaps: never written over.
+                    let layer = layer.digest.clone();
+                    return Box::pin(async move {
+                        Err(crate::unpack::UnpackError::Place { layer, source })
+                    });
+                }
+            }
+        }
+        self.unpacker.apply(layer, mounts, lease)
     }
 
     /// Waits (bounded) until CRI answers for the image by every name.

@@ -11,6 +11,7 @@ use crate::disk::DiskProbe;
 use crate::reference::Reference;
 use crate::retry::Retry;
 use crate::throttle::Bandwidth;
+use crate::unpack::Tap;
 use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -140,7 +141,9 @@ impl Fetcher<'_> {
     }
 
     /// Downloads a layer into the content store, resuming a partial ingest
-    /// with a Range request. Bytes received are added to `received`.
+    /// with a Range request. Bytes received are added to `received`, and
+    /// passed on to `tap` as they arrive.
+    #[allow(clippy::too_many_arguments)]
     pub async fn fetch_layer(
         &self,
         source: &dyn BlobSource,
@@ -149,6 +152,7 @@ impl Fetcher<'_> {
         lease: &str,
         labels: HashMap<String, String>,
         received: &AtomicU64,
+        tap: Option<&Tap>,
     ) -> Result<(), PullError> {
         let reference = format!("layer-{}", layer.digest);
         self.retry
@@ -178,6 +182,8 @@ impl Fetcher<'_> {
                                 tracing::info!(%reference, offset, start, "resuming layer");
                             }
                             let mut pos = start;
+                            // Where the next chunk starts in the blob.
+                            let mut at = start;
                             let mut since_check = 0u64;
                             let mut buf = Vec::with_capacity(CHUNK);
                             loop {
@@ -189,6 +195,10 @@ impl Fetcher<'_> {
                                         received.fetch_add(chunk.len() as u64, Ordering::Relaxed);
                                         self.bandwidth.take(chunk.len() as u64).await;
                                     }
+                                    if let Some(tap) = tap {
+                                        tap.feed(at, &chunk).await;
+                                    }
+                                    at += chunk.len() as u64;
                                     buf.extend_from_slice(&chunk);
                                 }
                                 if buf.len() >= CHUNK || (done && !buf.is_empty()) {
@@ -213,6 +223,9 @@ impl Fetcher<'_> {
                         tracing::debug!(%reference, "downloaded");
                         if let Err(e) = w.commit(labels).await {
                             // A digest or size mismatch: start that blob over.
+                            if let Some(tap) = tap {
+                                tap.cut().await;
+                            }
                             self.containerd.content_abort(&reference).await?;
                             return Err(PullError::Blob {
                                 reference: image.to_string(),

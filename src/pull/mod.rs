@@ -2,7 +2,7 @@
 //! image records → report.
 //!
 //! Data flows one way through the submodules: [`blobs`] (where bytes come
-//! from) → [`resolve`] → [`inventory`] → [`fetch`] → [`engine`].
+//! from) → [`resolve`] → [`inventory`] → [`fetch`] → [`stage`] → [`engine`].
 
 pub mod blobs;
 pub mod engine;
@@ -11,6 +11,7 @@ pub mod inventory;
 pub mod planner;
 pub mod progress;
 pub mod resolve;
+pub mod stage;
 
 #[cfg(test)]
 mod fakes;

@@ -214,7 +214,8 @@ impl Drop for Unmount {
 /// Pulls one image shaped to cover the layer format with containerd's
 /// unpack into `env`'s containerd, and with prewarm's into `other` (the
 /// same version), and asserts both came out the same.
-pub async fn containerd_and_prewarm_agree(env: &Env, other: &Containerd) {
+/// `pull` is added to prewarm's `[pull]` section.
+pub async fn containerd_and_prewarm_agree(env: &Env, other: &Containerd, pull: &str) {
     let made_after = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -237,7 +238,10 @@ pub async fn containerd_and_prewarm_agree(env: &Env, other: &Containerd) {
             &format!("{:?}", env.containerd.socket),
             &format!("{:?}", other.socket),
         )
-        .replace("unpack = \"containerd\"", "unpack = \"prewarm\"");
+        .replace(
+            "unpack = \"containerd\"",
+            &format!("unpack = \"prewarm\"\n{pull}"),
+        );
     let by_prewarm = env.path("by-prewarm.toml");
     std::fs::write(&by_prewarm, text).unwrap();
     let out = env.prewarm(&["pull", "--config", by_prewarm.to_str().unwrap()]);
