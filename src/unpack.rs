@@ -415,6 +415,52 @@ mod tests {
         }
     }
 
+    /// Everything the receiving end gets, and whether it ended cleanly.
+    async fn drain(t: Tapped) -> (Vec<u8>, bool) {
+        let Tapped { mut rx, ended } = t;
+        let mut got = Vec::new();
+        while let Some(chunk) = rx.recv().await {
+            got.extend_from_slice(&chunk.unwrap());
+        }
+        (got, ended.load(Ordering::Acquire))
+    }
+
+    #[tokio::test]
+    async fn a_tap_passes_each_byte_once_across_a_resumed_download() {
+        let (tap, tapped) = Tap::new();
+        let reader = tokio::spawn(drain(tapped));
+        tap.feed(0, &Bytes::from_static(b"abcd")).await;
+        // A retry resumed where the store had it (before what the tap saw).
+        tap.feed(2, &Bytes::from_static(b"cdef")).await;
+        tap.feed(6, &Bytes::from_static(b"gh")).await;
+        assert!(tap.close(8).await);
+        assert_eq!(reader.await.unwrap(), (b"abcdefgh".to_vec(), true));
+    }
+
+    #[tokio::test]
+    async fn a_gap_a_cut_or_a_short_blob_fails_the_extraction() {
+        // A download that resumed past what the tap saw.
+        let (tap, tapped) = Tap::new();
+        let reader = tokio::spawn(drain(tapped));
+        tap.feed(4, &Bytes::from_static(b"efgh")).await;
+        assert!(!tap.close(8).await);
+        assert_eq!(reader.await.unwrap(), (Vec::new(), false));
+        // A blob rejected at commit.
+        let (tap, tapped) = Tap::new();
+        let reader = tokio::spawn(drain(tapped));
+        tap.feed(0, &Bytes::from_static(b"abcd")).await;
+        tap.cut().await;
+        tap.feed(4, &Bytes::from_static(b"efgh")).await;
+        assert!(!tap.close(8).await);
+        assert_eq!(reader.await.unwrap(), (b"abcd".to_vec(), false));
+        // Fewer bytes than the blob has (it already existed, say).
+        let (tap, tapped) = Tap::new();
+        let reader = tokio::spawn(drain(tapped));
+        tap.feed(0, &Bytes::from_static(b"abcd")).await;
+        assert!(!tap.close(8).await);
+        assert!(!reader.await.unwrap().1);
+    }
+
     #[test]
     fn mounts_the_extractor_can_write_to() {
         let first = target_of(&[mount("bind", "/c/snapshots/1/fs", &["rbind", "rw"])]).unwrap();

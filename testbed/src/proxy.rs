@@ -45,6 +45,9 @@ struct State {
     next_id: u64,
     rules: Vec<Rule>,
     throttle: Option<u64>,
+    /// One link's rate, shared by every connection, and when it is free
+    /// again.
+    link: Option<(u64, Instant)>,
 }
 
 /// Reverse proxy on a free loopback port in front of `upstream`. Each client
@@ -142,6 +145,12 @@ impl FaultProxy {
     /// after half of each response body (headers announce the full length).
     pub fn truncate_next(&self, path_contains: &str, count: usize) {
         self.add(path_contains, count, Action::Truncate);
+    }
+
+    /// Holds every response body together to `bytes_per_sec`, as one
+    /// network link would: connections side by side share the rate.
+    pub fn link(&self, bytes_per_sec: u64) {
+        lock(&self.state).link = Some((bytes_per_sec.max(1), Instant::now()));
     }
 
     /// Paces response bodies to about `bytes_per_sec` (None: full speed).
@@ -319,6 +328,18 @@ fn serve(client: TcpStream, upstream: SocketAddr, state: &Mutex<State>) -> Resul
         }
         if matches!(action, Some(Action::Corrupt)) && (sent..sent + n as u64).contains(&mid) {
             buf[(mid - sent) as usize] ^= 0xff;
+        }
+        // The shared link: this chunk's turn on it, then its time there.
+        let link_free = {
+            let mut st = lock(state);
+            st.link.as_mut().map(|(rate, free)| {
+                let start = (*free).max(Instant::now());
+                *free = start + Duration::from_secs_f64(n as f64 / *rate as f64);
+                *free
+            })
+        };
+        if let Some(at) = link_free {
+            std::thread::sleep(at.saturating_duration_since(Instant::now()));
         }
         out.write_all(&buf[..n])?;
         sent += n as u64;

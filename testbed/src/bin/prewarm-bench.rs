@@ -10,10 +10,11 @@
 //!   from this machine's `/usr/lib/x86_64-linux-gnu`, `/usr/share` and
 //!   `/usr/lib/python3` (tens of thousands of small files, big shared
 //!   libraries), pulled by ctr, by prewarm with containerd's unpack (pw-c),
-//!   with its own (`[pull] unpack = "prewarm"`, pw-p) and with its own
-//!   without keeping the layers' blobs (`keep-layers = false`, pw-d), beside the time
-//!   it takes only to fetch the blobs, which bounds any pull. Not part of
-//!   the default run: `--only usr`;
+//!   with its own in layer order (pw-p), with its own while the layers
+//!   download (`unpack-while-downloading`, pw-s) and that without keeping
+//!   the layers' blobs (`keep-layers = false`, pw-d), beside the time it
+//!   takes only to fetch the blobs, which bounds any pull. Not part of the
+//!   default run: `--only usr`;
 //! - `lists`: `check-config` of 25k, 50k and 100k listed images, which
 //!   must take linear time. Not part of the default run: `--only lists`.
 //!
@@ -21,10 +22,15 @@
 //!
 //! Usage: prewarm-bench [--scale F] [--only set|single|throttle|usr|lists]
 //!                      [--runs N] [--concurrency N] [--show-log] [--tmpfs]
-//!                      [--containerd SUITE]
+//!                      [--containerd SUITE] [--link MIB_PER_S]
 //!
 //! `--tmpfs` puts every containerd root on a tmpfs, so that the numbers
 //! compare CPU-bound work rather than this machine's shared disk.
+//!
+//! `--link MIB_PER_S` sends the `usr` case's pulls and its fetch through
+//! one link of that rate (a proxy that holds every connection together to
+//! it), as a node's network would; the pull is then also held to 1.3x the
+//! fetch alone.
 //!
 //! `--containerd SUITE` runs Debian SUITE's containerd and its own `ctr`
 //! (`trixie`: 1.7, `sid`: 2.x; fetched by `scripts/containerd-versions.sh`)
@@ -96,6 +102,7 @@ struct Args {
     runs: usize,
     show_log: bool,
     tmpfs: bool,
+    link: Option<f64>,
 }
 
 fn args() -> Result<Args> {
@@ -105,6 +112,7 @@ fn args() -> Result<Args> {
         runs: 5,
         show_log: false,
         tmpfs: false,
+        link: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -114,6 +122,9 @@ fn args() -> Result<Args> {
             "--runs" => a.runs = it.next().context("--runs needs a number")?.parse()?,
             "--show-log" => a.show_log = true,
             "--tmpfs" => a.tmpfs = true,
+            "--link" => {
+                a.link = Some(it.next().context("--link needs MiB/s")?.parse()?);
+            }
             "--containerd" => {
                 let suite = it.next().context("--containerd needs a Debian suite")?;
                 let bin = testbed::containerd_of_suite(&suite)?;
@@ -300,7 +311,23 @@ fn run() -> Result<bool> {
     }
 
     if !usr.is_empty() {
-        ok &= usr_case(&prewarm, &roots, &registry, &usr, args.runs)?;
+        // With --link, everything reaches the registry through one link of
+        // that rate, as a node's pulls would.
+        let proxy = match args.link {
+            Some(mib) => {
+                let p = FaultProxy::start(registry.addr)?;
+                p.link((mib * MIB) as u64);
+                Some(p)
+            }
+            None => None,
+        };
+        let (usr, from) = match &proxy {
+            Some(p) => (usr.iter().map(|i| through(i, &p.host())).collect(), p.addr),
+            None => (usr, registry.addr),
+        };
+        ok &= usr_case(
+            &prewarm, &roots, &registry, from, &usr, args.runs, args.link,
+        )?;
     }
 
     if want("throttle") && !single.is_empty() {
@@ -673,7 +700,7 @@ impl Drop for Tmpfs {
 
 /// Only the download: every layer blob of `images` read from the registry
 /// and thrown away, one after another. No pull can beat it.
-fn fetch_only(registry: &Registry, images: &[PushedImage]) -> Result<Duration> {
+fn fetch_only(from: std::net::SocketAddr, images: &[PushedImage]) -> Result<Duration> {
     let start = Instant::now();
     for img in images {
         let (_, rest) = img
@@ -683,7 +710,7 @@ fn fetch_only(registry: &Registry, images: &[PushedImage]) -> Result<Duration> {
         let repo = rest.rsplit_once(':').map_or(rest, |(r, _)| r);
         for digest in &img.manifests[0].layer_digests {
             let path = format!("/v2/{repo}/blobs/{digest}");
-            let resp = testbed::http::request(registry.addr, "GET", &path, &[], &[])?;
+            let resp = testbed::http::request(from, "GET", &path, &[], &[])?;
             if resp.head.status() != 200 {
                 bail!("GET {path}: {}", resp.head.start);
             }
@@ -692,17 +719,30 @@ fn fetch_only(registry: &Registry, images: &[PushedImage]) -> Result<Duration> {
     Ok(start.elapsed())
 }
 
-/// The `usr` case: ctr, prewarm with containerd's unpack, with its own,
-/// and with its own without keeping the layers' blobs, taking turns, each
-/// on a fresh containerd; and the fetch alone.
+/// `image`, named through another host (a proxy in front of its registry).
+fn through(image: &PushedImage, host: &str) -> PushedImage {
+    let mut i = image.clone();
+    if let Some((_, rest)) = image.reference.split_once('/') {
+        i.reference = format!("{host}/{rest}");
+    }
+    i
+}
+
+/// The `usr` case: ctr, prewarm with containerd's unpack (c), with its
+/// own in layer order (p), with its own while the layers download (s),
+/// and that without keeping the layers' blobs (d), taking turns, each on a
+/// fresh containerd; and the fetch alone, which bounds any pull.
 fn usr_case(
     prewarm: &std::path::Path,
     roots: &std::path::Path,
     registry: &Registry,
+    fetch_from: std::net::SocketAddr,
     images: &[PushedImage],
     runs: usize,
+    link: Option<f64>,
 ) -> Result<bool> {
     const TARGET: f64 = 0.5;
+    const FETCH_TARGET: f64 = 1.3;
     let compressed = images
         .iter()
         .map(|i| i.manifests[0].compressed_size)
@@ -714,11 +754,14 @@ fn usr_case(
         .sum::<u64>() as f64
         / MIB;
     println!(
-        "\nusr: {compressed:.0} MiB compressed, {unpacked:.0} MiB unpacked, {} layers",
-        images[0].manifests[0].layer_digests.len()
+        "\nusr: {compressed:.0} MiB compressed, {unpacked:.0} MiB unpacked, {} layers, {}",
+        images[0].manifests[0].layer_digests.len(),
+        link.map_or("straight from the registry".to_string(), |l| format!(
+            "through one {l:.0} MiB/s link"
+        )),
     );
     println!(
-        "{:<8} {:>8} {:>7} {:>7} {:>6} {:>7} {:>6} {:>7} {:>6} {:>12} {:>16}",
+        "{:<8} {:>8} {:>7} {:>7} {:>6} {:>7} {:>6} {:>7} {:>6} {:>7} {:>6} {:>8} {:>12} {:>20}",
         "run",
         "fetch s",
         "ctr s",
@@ -726,21 +769,34 @@ fn usr_case(
         "ratio",
         "pw-p s",
         "ratio",
+        "pw-s s",
+        "ratio",
         "pw-d s",
         "ratio",
+        "s/fetch",
         "unpack MiB/s",
-        "RSS c/p/d MiB"
+        "RSS c/p/s/d MiB"
     );
-    let (mut ratios, mut max_rss) = (Vec::new(), 0.0f64);
+    let (mut ratios, mut to_fetch, mut max_rss) = (Vec::new(), Vec::new(), 0.0f64);
     for run in 1..=runs {
         let label = format!("usr-{run}");
-        let fetch = fetch_only(registry, images)?;
+        let fetch = fetch_only(fetch_from, images)?;
         let ctr = ctr_pull(roots, registry, &label, images)?.wall;
         let mut by = Vec::new();
         for (suffix, pull) in [
             ("c", "unpack = \"containerd\""),
-            ("p", "unpack = \"prewarm\""),
-            ("d", "unpack = \"prewarm\"\nkeep-layers = false"),
+            (
+                "p",
+                "unpack = \"prewarm\"\nunpack-while-downloading = false",
+            ),
+            (
+                "s",
+                "unpack = \"prewarm\"\nunpack-while-downloading = true\nlayer-concurrency = 3",
+            ),
+            (
+                "d",
+                "unpack = \"prewarm\"\nunpack-while-downloading = true\nlayer-concurrency = 3\nkeep-layers = false",
+            ),
         ] {
             let label = format!("{label}-{suffix}");
             let (m, _, _) =
@@ -748,31 +804,47 @@ fn usr_case(
             by.push(m);
         }
         let secs = |d: Duration| d.as_secs_f64();
-        let ratio = secs(by[1].wall) / secs(ctr);
+        let ratio = secs(by[2].wall) / secs(ctr);
         ratios.push(ratio);
+        to_fetch.push(secs(by[2].wall) / secs(fetch));
         let rss = |m: &Measured| m.max_rss as f64 / MIB;
         max_rss = by.iter().map(rss).fold(max_rss, f64::max);
         println!(
-            "{label:<8} {:>8.2} {:>7.2} {:>7.2} {:>6.2} {:>7.2} {:>6.2} {:>7.2} {:>6.2} {:>12.0} {:>5.1}/{:.1}/{:.1}",
+            "{label:<8} {:>8.2} {:>7.2} {:>7.2} {:>6.2} {:>7.2} {:>6.2} {:>7.2} {:>6.2} {:>7.2} {:>6.2} {:>8.2} {:>12.0} {:>5.1}/{:.1}/{:.1}/{:.1}",
             secs(fetch),
             secs(ctr),
             secs(by[0].wall),
             secs(by[0].wall) / secs(ctr),
             secs(by[1].wall),
-            ratio,
+            secs(by[1].wall) / secs(ctr),
             secs(by[2].wall),
-            secs(by[2].wall) / secs(ctr),
-            unpacked / secs(by[1].wall),
+            ratio,
+            secs(by[3].wall),
+            secs(by[3].wall) / secs(ctr),
+            secs(by[2].wall) / secs(fetch),
+            unpacked / secs(by[2].wall),
             rss(&by[0]),
             rss(&by[1]),
             rss(&by[2]),
+            rss(&by[3]),
         );
     }
-    ratios.sort_by(f64::total_cmp);
-    let median = ratios[ratios.len() / 2];
-    let pass = median <= TARGET && max_rss <= 64.0;
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (ratio, fetch_ratio) = (median(&mut ratios), median(&mut to_fetch));
+    // On loopback the fetch takes well under a second, which no unpack
+    // of 1.6 GiB can match: the fetch target holds on a link.
+    let fetch_ok = link.is_none() || fetch_ratio <= FETCH_TARGET;
+    let pass = ratio <= TARGET && max_rss <= 64.0 && fetch_ok;
     println!(
-        "usr      in-process unpack: median ratio {median:.2} to ctr (target ≤{TARGET}), peak RSS {max_rss:.1} MiB  {}",
+        "usr      while downloading (pw-s): median ratio {ratio:.2} to ctr (target ≤{TARGET}), {fetch_ratio:.2} to the fetch alone ({}), peak RSS {max_rss:.1} MiB  {}",
+        if link.is_some() {
+            format!("target ≤{FETCH_TARGET}")
+        } else {
+            "checked only with --link".to_string()
+        },
         if pass { "PASS" } else { "FAIL" }
     );
     Ok(pass)
