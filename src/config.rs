@@ -980,7 +980,7 @@ impl Settings {
             },
             pull: PullSettings {
                 concurrency: NonZeroU32::new(2).expect("2 is not zero"),
-                layer_concurrency: NonZeroU32::MIN,
+                layer_concurrency: NonZeroU32::new(3).expect("3 is not 0"),
                 unpack: Unpack::Prewarm,
                 retries: 5,
                 deadline: Duration::from_secs(20 * 60),
@@ -990,7 +990,7 @@ impl Settings {
                 state_dir: "/var/lib/prewarm".into(),
                 gc: false,
                 keep_layers: true,
-                unpack_while_downloading: false,
+                unpack_while_downloading: true,
                 progress_interval: Duration::from_secs(5),
             },
             throttle: ThrottleSettings {
