@@ -191,6 +191,8 @@ pub enum RegistryError {
         status: u16,
         /// The registry's error code and message, as ` (CODE: message)`.
         detail: String,
+        /// When the registry asked to be tried again (`Retry-After`).
+        retry_after: Option<Duration>,
     },
     /// The registry demanded authentication we cannot give.
     #[error("{image}: {url} requires authentication: {message}")]
@@ -288,6 +290,28 @@ impl RegistryError {
             | RegistryError::InvalidDigest { .. } => false,
         }
     }
+
+    /// Whether and when to try again: as [`RegistryError::is_retryable`],
+    /// at the time a 429 or 503 asked for where it said.
+    pub fn again(&self) -> crate::retry::Again {
+        match self {
+            RegistryError::Status {
+                retry_after: Some(after),
+                ..
+            } if self.is_retryable() => crate::retry::Again::After(*after),
+            _ => self.is_retryable().into(),
+        }
+    }
+}
+
+/// A `Retry-After` header: seconds, or an HTTP date.
+pub fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 impl From<hosts::HostsError> for RegistryError {
@@ -701,12 +725,18 @@ async fn success(resp: Response, image: &Reference, url: &Url) -> Result<Respons
         return Ok(resp);
     }
     let status = resp.status().as_u16();
+    let retry_after = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
     let body = read_limited(resp, 64 << 10).await.unwrap_or_default();
     Err(RegistryError::Status {
         image: image.to_string(),
         url: url.to_string(),
         status,
         detail: error_detail(&body),
+        retry_after,
     })
 }
 
@@ -1411,6 +1441,24 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, RegistryError::Http { .. }), "{err}");
         assert!(err.is_retryable());
+    }
+
+    #[test]
+    fn retry_after_in_seconds_or_as_a_date() {
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(
+            parse_retry_after(" 120 ", now),
+            Some(Duration::from_secs(120))
+        );
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(90));
+        assert_eq!(
+            parse_retry_after(&later, now),
+            Some(Duration::from_secs(90))
+        );
+        let past = httpdate::fmt_http_date(now - Duration::from_secs(90));
+        assert_eq!(parse_retry_after(&past, now), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("-5", now), None);
     }
 
     #[tokio::test]

@@ -1,6 +1,7 @@
 //! Faults against the real containerd and registry, through a
 //! fault-injecting proxy: a kill -9 mid-blob resumes with a Range request,
-//! a registry answering 500 recovers, a corrupted blob is never recorded,
+//! a registry answering 500 recovers, a 429 or 503's `Retry-After` is
+//! kept, a corrupted blob is never recorded,
 //! a blob another writer holds is waited for, a second run waits for the
 //! first, and SIGTERM leaves an honest report.
 
@@ -39,6 +40,45 @@ async fn registry_500s_then_recovers() {
     assert_eq!(report.images[0].status, ImageStatus::Pulled);
     let failed = proxy.requests().iter().filter(|r| r.status >= 500).count();
     assert_eq!(failed, 5, "every injected failure was seen and retried");
+}
+
+/// A registry that answers 429 and 503 with `Retry-After` is asked again
+/// no sooner than it said, though prewarm's own backoff would be shorter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_is_kept() {
+    let env = Env::start();
+    let img = push(
+        &env.registry.host(),
+        "busy/app:1",
+        &[linux("amd64", None, layers(201, &[Gzip], 64 << 10))],
+        Format::Oci,
+        &env.path("images"),
+    );
+    let proxy = proxied(&env);
+    proxy.fail_next_retry_after("/manifests/", 1, 429, 2);
+    proxy.fail_next_retry_after("/blobs/", 1, 503, 3);
+    let config = env.config(&[(&via(&proxy, &img), true)], "");
+    let out = env.prewarm(&["pull", "--config", config.to_str().unwrap()]);
+    assert_eq!(exit_code(&out), 0);
+    assert_eq!(env.report().images[0].status, ImageStatus::Pulled);
+    let log = proxy.requests();
+    for (part, status, asked) in [("/manifests/", 429, 2), ("/blobs/", 503, 3)] {
+        let refused = log
+            .iter()
+            .find(|r| r.status == status)
+            .unwrap_or_else(|| panic!("no {status}: {log:?}"));
+        let again = log
+            .iter()
+            .find(|r| r.path == refused.path && r.at > refused.at)
+            .unwrap_or_else(|| panic!("{} was not asked again", refused.path));
+        assert!(refused.path.contains(part), "{}", refused.path);
+        let waited = again.at - refused.at;
+        assert!(
+            waited >= std::time::Duration::from_secs(asked),
+            "{} asked again after {waited:?}, not {asked} s",
+            refused.path
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -112,31 +112,27 @@ impl Fetcher<'_> {
     ) -> Result<(), PullError> {
         let reference = format!("{kind}-{}", b.desc.digest);
         self.retry
-            .run(
-                &format!("storing {reference}"),
-                PullError::is_retryable,
-                |_| {
-                    let labels = labels.clone();
-                    let reference = reference.clone();
-                    async move {
-                        match self.writer(&reference, &b.desc, lease).await? {
-                            (WriteStart::Exists, _) | (_, None) => {
-                                self.containerd
-                                    .content_label(&b.desc.digest, labels)
-                                    .await?;
-                            }
-                            (WriteStart::At(_), Some(mut w)) => {
-                                w.write_at(0, b.bytes.to_vec()).await?;
-                                if let Err(e) = w.commit(labels).await {
-                                    self.containerd.content_abort(&reference).await?;
-                                    return Err(e.into());
-                                }
+            .run(&format!("storing {reference}"), PullError::again, |_| {
+                let labels = labels.clone();
+                let reference = reference.clone();
+                async move {
+                    match self.writer(&reference, &b.desc, lease).await? {
+                        (WriteStart::Exists, _) | (_, None) => {
+                            self.containerd
+                                .content_label(&b.desc.digest, labels)
+                                .await?;
+                        }
+                        (WriteStart::At(_), Some(mut w)) => {
+                            w.write_at(0, b.bytes.to_vec()).await?;
+                            if let Err(e) = w.commit(labels).await {
+                                self.containerd.content_abort(&reference).await?;
+                                return Err(e.into());
                             }
                         }
-                        Ok(())
                     }
-                },
-            )
+                    Ok(())
+                }
+            })
             .await
     }
 
@@ -156,87 +152,83 @@ impl Fetcher<'_> {
     ) -> Result<(), PullError> {
         let reference = format!("layer-{}", layer.digest);
         self.retry
-            .run(
-                &format!("fetching {reference}"),
-                PullError::is_retryable,
-                |_| {
-                    let labels = labels.clone();
-                    let reference = reference.clone();
-                    async move {
-                        let (start, writer) = self.writer(&reference, layer, lease).await?;
-                        let mut w = match (start, writer) {
-                            (WriteStart::Exists, _) | (_, None) => {
-                                self.containerd.content_label(&layer.digest, labels).await?;
-                                return Ok(());
+            .run(&format!("fetching {reference}"), PullError::again, |_| {
+                let labels = labels.clone();
+                let reference = reference.clone();
+                async move {
+                    let (start, writer) = self.writer(&reference, layer, lease).await?;
+                    let mut w = match (start, writer) {
+                        (WriteStart::Exists, _) | (_, None) => {
+                            self.containerd.content_label(&layer.digest, labels).await?;
+                            return Ok(());
+                        }
+                        (WriteStart::At(_), Some(w)) => w,
+                    };
+                    let offset = w.offset();
+                    if offset < layer.size.max(0) as u64 {
+                        let Opened {
+                            start,
+                            mut stream,
+                            local,
+                        } = source.open(image, &layer.digest, offset).await?;
+                        if offset > 0 {
+                            tracing::info!(%reference, offset, start, "resuming layer");
+                        }
+                        let mut pos = start;
+                        // Where the next chunk starts in the blob.
+                        let mut at = start;
+                        let mut since_check = 0u64;
+                        let mut buf = Vec::with_capacity(CHUNK);
+                        loop {
+                            let next = stream.next().await;
+                            let done = next.is_none();
+                            if let Some(chunk) = next {
+                                let chunk = chunk?;
+                                if !local {
+                                    received.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                                    self.bandwidth.take(chunk.len() as u64).await;
+                                }
+                                if let Some(tap) = tap {
+                                    tap.feed(at, &chunk).await;
+                                }
+                                at += chunk.len() as u64;
+                                buf.extend_from_slice(&chunk);
                             }
-                            (WriteStart::At(_), Some(w)) => w,
-                        };
-                        let offset = w.offset();
-                        if offset < layer.size.max(0) as u64 {
-                            let Opened {
-                                start,
-                                mut stream,
-                                local,
-                            } = source.open(image, &layer.digest, offset).await?;
-                            if offset > 0 {
-                                tracing::info!(%reference, offset, start, "resuming layer");
+                            if buf.len() >= CHUNK || (done && !buf.is_empty()) {
+                                let len = buf.len() as u64;
+                                w.write_at(
+                                    pos,
+                                    std::mem::replace(&mut buf, Vec::with_capacity(CHUNK)),
+                                )
+                                .await?;
+                                pos += len;
+                                since_check += len;
+                                if since_check >= DISK_CHECK_EVERY {
+                                    since_check = 0;
+                                    self.reserve.check(0)?;
+                                }
                             }
-                            let mut pos = start;
-                            // Where the next chunk starts in the blob.
-                            let mut at = start;
-                            let mut since_check = 0u64;
-                            let mut buf = Vec::with_capacity(CHUNK);
-                            loop {
-                                let next = stream.next().await;
-                                let done = next.is_none();
-                                if let Some(chunk) = next {
-                                    let chunk = chunk?;
-                                    if !local {
-                                        received.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-                                        self.bandwidth.take(chunk.len() as u64).await;
-                                    }
-                                    if let Some(tap) = tap {
-                                        tap.feed(at, &chunk).await;
-                                    }
-                                    at += chunk.len() as u64;
-                                    buf.extend_from_slice(&chunk);
-                                }
-                                if buf.len() >= CHUNK || (done && !buf.is_empty()) {
-                                    let len = buf.len() as u64;
-                                    w.write_at(
-                                        pos,
-                                        std::mem::replace(&mut buf, Vec::with_capacity(CHUNK)),
-                                    )
-                                    .await?;
-                                    pos += len;
-                                    since_check += len;
-                                    if since_check >= DISK_CHECK_EVERY {
-                                        since_check = 0;
-                                        self.reserve.check(0)?;
-                                    }
-                                }
-                                if done {
-                                    break;
-                                }
+                            if done {
+                                break;
                             }
                         }
-                        tracing::debug!(%reference, "downloaded");
-                        if let Err(e) = w.commit(labels).await {
-                            // A digest or size mismatch: start that blob over.
-                            if let Some(tap) = tap {
-                                tap.cut().await;
-                            }
-                            self.containerd.content_abort(&reference).await?;
-                            return Err(PullError::Blob {
-                                reference: image.to_string(),
-                                digest: layer.digest.clone(),
-                                message: format!("rejected at commit, will download again: {e}"),
-                            });
-                        }
-                        Ok(())
                     }
-                },
-            )
+                    tracing::debug!(%reference, "downloaded");
+                    if let Err(e) = w.commit(labels).await {
+                        // A digest or size mismatch: start that blob over.
+                        if let Some(tap) = tap {
+                            tap.cut().await;
+                        }
+                        self.containerd.content_abort(&reference).await?;
+                        return Err(PullError::Blob {
+                            reference: image.to_string(),
+                            digest: layer.digest.clone(),
+                            message: format!("rejected at commit, will download again: {e}"),
+                        });
+                    }
+                    Ok(())
+                }
+            })
             .await
     }
 }

@@ -57,6 +57,14 @@ pub enum PullError {
 }
 
 impl PullError {
+    /// Whether and when to try again: a registry's `Retry-After` is kept.
+    pub(crate) fn again(&self) -> crate::retry::Again {
+        match self {
+            PullError::Registry(e) => e.again(),
+            other => other.is_retryable().into(),
+        }
+    }
+
     pub(crate) fn is_retryable(&self) -> bool {
         match self {
             PullError::Registry(e) => e.is_retryable(),

@@ -173,7 +173,7 @@ impl Resolver<'_> {
                 self.retry
                     .run(
                         &format!("fetching manifest {what} of {reference}"),
-                        PullError::is_retryable,
+                        PullError::again,
                         |_| source.manifest(reference, &what),
                     )
                     .await
@@ -300,7 +300,7 @@ impl Resolver<'_> {
         self.retry
             .run(
                 &format!("fetching {} of {reference}", d.digest),
-                PullError::is_retryable,
+                PullError::again,
                 |_| async {
                     let mut blob = source.open(reference, &d.digest, 0).await?;
                     let mut buf = Vec::with_capacity(d.size as usize);

@@ -23,11 +23,14 @@ pub struct Logged {
     pub status: u16,
     /// Response body bytes written to the client so far.
     pub body_bytes_sent: u64,
+    /// When the request arrived.
+    pub at: Instant,
 }
 
 #[derive(Clone, Copy)]
 enum Action {
-    Fail(u16),
+    /// The status, and a `Retry-After` in seconds.
+    Fail(u16, Option<u64>),
     Corrupt,
     Truncate,
 }
@@ -132,7 +135,18 @@ impl FaultProxy {
     /// Answers the next `count` requests whose target contains `path_contains`
     /// with `status` and an empty body, without forwarding them.
     pub fn fail_next(&self, path_contains: &str, count: usize, status: u16) {
-        self.add(path_contains, count, Action::Fail(status));
+        self.add(path_contains, count, Action::Fail(status, None));
+    }
+
+    /// As [`FaultProxy::fail_next`], with `Retry-After: <seconds>`.
+    pub fn fail_next_retry_after(
+        &self,
+        path_contains: &str,
+        count: usize,
+        status: u16,
+        seconds: u64,
+    ) {
+        self.add(path_contains, count, Action::Fail(status, Some(seconds)));
     }
 
     /// Forwards the next `count` matching requests but flips one byte in the
@@ -235,6 +249,7 @@ fn serve(client: TcpStream, upstream: SocketAddr, state: &Mutex<State>) -> Resul
                 range: req.get("range").map(str::to_string),
                 status: 0,
                 body_bytes_sent: 0,
+                at: Instant::now(),
             },
         ));
         let action = s
@@ -249,11 +264,12 @@ fn serve(client: TcpStream, upstream: SocketAddr, state: &Mutex<State>) -> Resul
         (id, action)
     };
     let set_status = |code: u16| update(state, id, |l| l.status = code);
-    if let Some(Action::Fail(code)) = action {
+    if let Some(Action::Fail(code, after)) = action {
         set_status(code);
+        let after = after.map_or(String::new(), |s| format!("Retry-After: {s}\r\n"));
         write!(
             out,
-            "HTTP/1.1 {code} Injected\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            "HTTP/1.1 {code} Injected\r\n{after}Content-Length: 0\r\nConnection: close\r\n\r\n"
         )?;
         return Ok(());
     }
