@@ -47,6 +47,10 @@ pub struct ImageReport {
     /// `prewarm` or `containerd` (`[pull] unpack`, and the snapshotter).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unpacked_by: Vec<String>,
+    /// The registry hosts (`host[:port]`, mirrors from hosts.toml among
+    /// them) that served its layers in this run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
 }
 
 /// Totals over a run.
@@ -242,6 +246,7 @@ mod tests {
             origin: None,
             previous_digest: None,
             unpacked_by: Vec::new(),
+            hosts: Vec::new(),
         }
     }
 

@@ -24,6 +24,8 @@ pub struct Opened {
     /// Read from local disk: not downloaded, so neither counted nor
     /// throttled.
     pub local: bool,
+    /// The registry host that serves it (`host[:port]`); none from disk.
+    pub host: Option<String>,
 }
 
 /// One place an image's manifests and blobs are read from.
@@ -94,6 +96,7 @@ impl BlobSource for RegistrySource {
                 start: blob.start,
                 stream: blob.stream.map(|c| c.map_err(PullError::from)).boxed(),
                 local: false,
+                host: Some(blob.host),
             })
         })
     }
@@ -188,6 +191,7 @@ impl BlobSource for ArchiveSource {
                 start: offset,
                 stream: stream.map(|c| c.map_err(PullError::from)).boxed(),
                 local: true,
+                host: None,
             })
         })
     }

@@ -35,6 +35,15 @@ const CONTAINERD_POLL: Duration = Duration::from_millis(500);
 /// How long CRI may take to notice new image records.
 const CRI_VISIBLE_WITHIN: Duration = Duration::from_secs(10);
 
+/// What one image's pull saw, for its report.
+#[derive(Default)]
+struct Tally {
+    /// Who wrote its layers into their snapshots.
+    unpacked_by: Mutex<BTreeSet<Unpack>>,
+    /// The registry hosts that served its layers.
+    hosts: Mutex<BTreeSet<String>>,
+}
+
 /// Everything a run needs, shared by the image tasks.
 pub struct Engine {
     pub settings: Settings,
@@ -175,6 +184,7 @@ impl Engine {
             retry: &self.retry,
             bandwidth: &self.bandwidth,
             reserve: &self.reserve,
+            hosts: None,
         }
     }
 
@@ -299,13 +309,20 @@ impl Engine {
                 ));
             }
             (Ok(Decision::Pull), Some(r)) => {
-                let unpacked_by = Mutex::new(BTreeSet::new());
-                let pulled = self.pull_resuming(r, received, &unpacked_by).await;
-                report.unpacked_by = unpacked_by
+                let tally = Tally::default();
+                let pulled = self.pull_resuming(r, received, &tally).await;
+                report.unpacked_by = tally
+                    .unpacked_by
                     .into_inner()
                     .unwrap_or_else(PoisonError::into_inner)
                     .into_iter()
                     .map(|u| u.as_str().to_string())
+                    .collect();
+                report.hosts = tally
+                    .hosts
+                    .into_inner()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .into_iter()
                     .collect();
                 match pulled {
                     Ok(()) => report.status = ImageStatus::Pulled,
@@ -340,10 +357,10 @@ impl Engine {
         &self,
         r: &Resolved,
         downloaded: &AtomicU64,
-        unpacked_by: &Mutex<BTreeSet<Unpack>>,
+        tally: &Tally,
     ) -> Result<(), PullError> {
         loop {
-            let result = self.pull_image(r, downloaded, unpacked_by).await;
+            let result = self.pull_image(r, downloaded, tally).await;
             let gone = match &result {
                 Err(PullError::Containerd(c))
                 | Err(PullError::Unpack(crate::unpack::UnpackError::Containerd(c))) => c.is_gone(),
@@ -366,11 +383,11 @@ impl Engine {
 
     /// Pulls one image under its own lease. `downloaded` counts bytes
     /// received from the registry, including those of a failed attempt.
-    pub async fn pull_image(
+    async fn pull_image(
         &self,
         r: &Resolved,
         downloaded: &AtomicU64,
-        unpacked_by: &Mutex<BTreeSet<Unpack>>,
+        tally: &Tally,
     ) -> Result<(), PullError> {
         let name = r.entry.reference.to_string();
         let lease = lease_id(&name, &r.top().desc.digest);
@@ -384,9 +401,7 @@ impl Engine {
         if resumed {
             tracing::info!(image = %name, %lease, "resuming under an existing lease");
         }
-        let result = self
-            .pull_under_lease(r, &lease, downloaded, unpacked_by)
-            .await;
+        let result = self.pull_under_lease(r, &lease, downloaded, tally).await;
         if let Err(PullError::DiskFull { .. }) = &result {
             // Give the space back: drop the partial ingests and the lease,
             // and let containerd collect what no record holds. Nothing of
@@ -409,13 +424,16 @@ impl Engine {
         r: &Resolved,
         lease: &str,
         downloaded: &AtomicU64,
-        unpacked_by: &Mutex<BTreeSet<Unpack>>,
+        tally: &Tally,
     ) -> Result<(), PullError> {
         let name = r.entry.reference.to_string();
         let lease = lease.to_string();
         let source = self.source_label(r);
 
-        let fetcher = self.fetcher();
+        let fetcher = Fetcher {
+            hosts: Some(&tally.hosts),
+            ..self.fetcher()
+        };
         // Manifests and config, from memory, with their GC references.
         // Without `keep-layers` the manifest does not hold its layers'
         // blobs: once the lease is gone, containerd collects them, and the
@@ -549,7 +567,8 @@ impl Engine {
                     stager.remove(&s.key, &lease).await;
                 }
                 if let Some(by) = by {
-                    unpacked_by
+                    tally
+                        .unpacked_by
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner)
                         .insert(by);
@@ -867,6 +886,7 @@ fn unfinished(e: &ImageEntry, why: &str) -> ImageReport {
         origin: None,
         previous_digest: None,
         unpacked_by: Vec::new(),
+        hosts: Vec::new(),
     }
 }
 

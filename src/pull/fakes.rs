@@ -149,6 +149,7 @@ impl BlobSource for FakeRegistry {
                 start: offset,
                 stream: futures_util::stream::once(async move { Ok(rest) }).boxed(),
                 local: false,
+                host: None,
             })
         })
     }

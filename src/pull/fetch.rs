@@ -70,6 +70,8 @@ pub struct Fetcher<'a> {
     pub retry: &'a Retry,
     pub bandwidth: &'a Bandwidth,
     pub reserve: &'a Reserve,
+    /// Where the registry hosts that served layers are noted.
+    pub hosts: Option<&'a std::sync::Mutex<std::collections::BTreeSet<String>>>,
 }
 
 impl Fetcher<'_> {
@@ -170,7 +172,14 @@ impl Fetcher<'_> {
                             start,
                             mut stream,
                             local,
+                            host,
                         } = source.open(image, &layer.digest, offset).await?;
+                        if let (Some(hosts), Some(host)) = (self.hosts, host) {
+                            hosts
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                .insert(host);
+                        }
                         if offset > 0 {
                             tracing::info!(%reference, offset, start, "resuming layer");
                         }

@@ -57,17 +57,23 @@ const ISSUER: &str = "testbed-token-issuer";
 impl Registry {
     /// Plain-HTTP registry, deletes enabled; returns once `GET /v2/` is 200.
     pub fn start(dir: &Path) -> Result<Registry> {
-        Self::create(dir, false)
+        Self::create(dir, false, None)
+    }
+
+    /// Plain-HTTP pull-through cache (distribution's proxy mode) in front
+    /// of the registry at `remote` (`http://host:port`).
+    pub fn start_pull_through(dir: &Path, remote: &str) -> Result<Registry> {
+        Self::create(dir, false, Some(remote))
     }
 
     /// HTTPS registry (certificate for IP 127.0.0.1 from a fresh CA) with
     /// `auth: token`, whose realm is an in-process HTTP token server accepting
     /// user `prewarm` and the generated password in [`Registry::tls`].
     pub fn start_tls_token(dir: &Path) -> Result<Registry> {
-        Self::create(dir, true)
+        Self::create(dir, true, None)
     }
 
-    fn create(dir: &Path, secure: bool) -> Result<Registry> {
+    fn create(dir: &Path, secure: bool, remote: Option<&str>) -> Result<Registry> {
         std::fs::create_dir_all(dir.join("storage"))
             .with_context(|| format!("creating {}", dir.display()))?;
         let dir = dir.canonicalize().context("canonicalizing registry dir")?;
@@ -78,6 +84,9 @@ impl Registry {
              delete:\n    enabled: true\n  maintenance:\n    uploadpurging:\n      enabled: false\n\
              http:\n  addr: {addr}\n  secret: testbed-secret\n"
         );
+        if let Some(remote) = remote {
+            config.push_str(&format!("proxy:\n  remoteurl: {remote}\n"));
+        }
         let (mut tls, mut token) = (None, None);
         if secure {
             let pki = make_pki(&dir.join("tls"))?;
