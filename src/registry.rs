@@ -404,8 +404,33 @@ impl Registries {
         digest: &str,
         offset: u64,
     ) -> Result<Blob, RegistryError> {
+        self.open_blob_avoiding(image, digest, offset, &[]).await
+    }
+
+    /// [`Registries::open_blob`], passing over the hosts in `avoid` (which
+    /// served this blob wrong before) while any other can serve it.
+    pub async fn open_blob_avoiding(
+        &self,
+        image: &Reference,
+        digest: &str,
+        offset: u64,
+        avoid: &[String],
+    ) -> Result<Blob, RegistryError> {
         check_digest(image, digest)?;
+        let endpoints = self.endpoints(&image.domain)?;
+        let others = endpoints.iter().any(|e| {
+            Need::Pull.allows(&e.host.capabilities) && !avoid.contains(&e.host.authority())
+        });
         self.each_host(image, Need::Pull, |ep| {
+            if others && avoid.contains(&ep.host.authority()) {
+                let host = ep.host.authority();
+                return futures_util::future::ready(Err(RegistryError::InvalidResponse {
+                    image: image.to_string(),
+                    url: host,
+                    message: "passed over: it served this blob with the wrong digest".into(),
+                }))
+                .boxed();
+            }
             self.blob_from(ep, image, digest, offset).boxed()
         })
         .await

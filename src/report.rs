@@ -51,6 +51,10 @@ pub struct ImageReport {
     /// them) that served its layers in this run.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hosts: Vec<String>,
+    /// Hosts that served one of its layers with the wrong digest; the
+    /// layer was fetched again from another.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rejected_hosts: Vec<String>,
 }
 
 /// Totals over a run.
@@ -247,6 +251,7 @@ mod tests {
             previous_digest: None,
             unpacked_by: Vec::new(),
             hosts: Vec::new(),
+            rejected_hosts: Vec::new(),
         }
     }
 

@@ -215,3 +215,42 @@ async fn a_mirror_that_dies_mid_blob_is_left_for_the_origin_with_range() {
         .assert_visible_as(&fleet.reference, &fleet.image, 0)
         .await;
 }
+
+/// A mirror that serves a layer with the wrong bytes: the blob is rejected
+/// at commit, the next host serves it, and the report and the log name
+/// the mirror.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_serving_a_wrong_digest_is_named_and_passed_over() {
+    let fleet = Fleet::start(1 << 20);
+    let layer = fleet.image.manifests[0].layer_digests[1].clone();
+    fleet.front.corrupt_next(&layer, 100);
+    let config = fleet.last_node();
+    let out = fleet
+        .env
+        .prewarm(&["pull", "--config", config.to_str().unwrap()]);
+    assert_eq!(exit_code(&out), 0);
+    let report = fleet.env.report();
+    let image = &report.images[0];
+    assert_eq!(image.status, ImageStatus::Pulled);
+    assert_eq!(image.rejected_hosts, [fleet.front.host()]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("digest is wrong") && said.contains(&fleet.front.host()),
+        "{said}"
+    );
+    // Asked of the mirror once (the size probe aside), then of the origin.
+    let full_gets = |p: &FaultProxy| {
+        p.requests()
+            .iter()
+            .filter(|r| r.path.contains(layer.as_str()) && r.range.is_none())
+            .count()
+    };
+    assert_eq!(
+        (full_gets(&fleet.front), full_gets(&fleet.origin) > 0),
+        (1, true)
+    );
+    fleet
+        .env
+        .assert_visible_as(&fleet.reference, &fleet.image, 0)
+        .await;
+}

@@ -42,12 +42,14 @@ pub trait BlobSource: Send + Sync + std::fmt::Debug {
         what: &'a str,
     ) -> BoxFuture<'a, Result<Manifest, PullError>>;
 
-    /// The blob `digest` from `offset` on. Nothing is digest-checked here.
+    /// The blob `digest` from `offset` on, from a host not in `avoid`
+    /// while another can serve it. Nothing is digest-checked here.
     fn open<'a>(
         &'a self,
         image: &'a Reference,
         digest: &'a str,
         offset: u64,
+        avoid: &'a [String],
     ) -> BoxFuture<'a, Result<Opened, PullError>>;
 
     /// `len` bytes of a blob at `start`, for size probes; `None` when they
@@ -89,9 +91,13 @@ impl BlobSource for RegistrySource {
         image: &'a Reference,
         digest: &'a str,
         offset: u64,
+        avoid: &'a [String],
     ) -> BoxFuture<'a, Result<Opened, PullError>> {
         Box::pin(async move {
-            let blob = self.0.open_blob(image, digest, offset).await?;
+            let blob = self
+                .0
+                .open_blob_avoiding(image, digest, offset, avoid)
+                .await?;
             Ok(Opened {
                 start: blob.start,
                 stream: blob.stream.map(|c| c.map_err(PullError::from)).boxed(),
@@ -181,9 +187,10 @@ impl BlobSource for ArchiveSource {
         image: &'a Reference,
         digest: &'a str,
         offset: u64,
+        avoid: &'a [String],
     ) -> BoxFuture<'a, Result<Opened, PullError>> {
         let Some(a) = self.holding(digest) else {
-            return self.registry.open(image, digest, offset);
+            return self.registry.open(image, digest, offset, avoid);
         };
         Box::pin(async move {
             let stream = a.open(digest, offset).await?;

@@ -2,7 +2,7 @@
 //! planned image under its lease and write its records.
 
 use super::blobs::{ArchiveSource, BlobSource, RegistrySource};
-use super::fetch::{Fetcher, Reserve};
+use super::fetch::{Fetcher, Hosts, Reserve};
 use super::inventory::{ContainerdStore, ImageStore};
 use super::planner::{PlannedImage, Planner, Sources};
 use super::progress::Progress;
@@ -40,8 +40,8 @@ const CRI_VISIBLE_WITHIN: Duration = Duration::from_secs(10);
 struct Tally {
     /// Who wrote its layers into their snapshots.
     unpacked_by: Mutex<BTreeSet<Unpack>>,
-    /// The registry hosts that served its layers.
-    hosts: Mutex<BTreeSet<String>>,
+    /// The registry hosts that served its layers, and served them wrong.
+    hosts: Hosts,
 }
 
 /// Everything a run needs, shared by the image tasks.
@@ -318,12 +318,7 @@ impl Engine {
                     .into_iter()
                     .map(|u| u.as_str().to_string())
                     .collect();
-                report.hosts = tally
-                    .hosts
-                    .into_inner()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .into_iter()
-                    .collect();
+                (report.hosts, report.rejected_hosts) = tally.hosts.take();
                 match pulled {
                     Ok(()) => report.status = ImageStatus::Pulled,
                     Err(e) => {
@@ -887,6 +882,7 @@ fn unfinished(e: &ImageEntry, why: &str) -> ImageReport {
         previous_digest: None,
         unpacked_by: Vec::new(),
         hosts: Vec::new(),
+        rejected_hosts: Vec::new(),
     }
 }
 

@@ -140,6 +140,7 @@ impl BlobSource for FakeRegistry {
         image: &'a Reference,
         digest: &'a str,
         offset: u64,
+        _avoid: &'a [String],
     ) -> BoxFuture<'a, Result<Opened, PullError>> {
         let found = self.blobs.get(digest).cloned();
         Box::pin(async move {

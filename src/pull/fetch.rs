@@ -13,9 +13,9 @@ use crate::retry::Retry;
 use crate::throttle::Bandwidth;
 use crate::unpack::Tap;
 use futures_util::StreamExt;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 /// Write chunks to containerd in pieces of this size.
@@ -71,7 +71,34 @@ pub struct Fetcher<'a> {
     pub bandwidth: &'a Bandwidth,
     pub reserve: &'a Reserve,
     /// Where the registry hosts that served layers are noted.
-    pub hosts: Option<&'a std::sync::Mutex<std::collections::BTreeSet<String>>>,
+    pub hosts: Option<&'a Hosts>,
+}
+
+/// The registry hosts (`host[:port]`) that served one image's layers, and
+/// those that served a layer whose digest was wrong.
+#[derive(Debug, Default)]
+pub struct Hosts {
+    pub served: Mutex<BTreeSet<String>>,
+    pub rejected: Mutex<BTreeSet<String>>,
+}
+
+impl Hosts {
+    fn note(set: &Mutex<BTreeSet<String>>, host: &str) {
+        set.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(host.to_string());
+    }
+
+    /// Both sets, sorted, for the report.
+    pub fn take(self) -> (Vec<String>, Vec<String>) {
+        let list = |m: Mutex<BTreeSet<String>>| {
+            m.into_inner()
+                .unwrap_or_else(PoisonError::into_inner)
+                .into_iter()
+                .collect()
+        };
+        (list(self.served), list(self.rejected))
+    }
 }
 
 impl Fetcher<'_> {
@@ -153,10 +180,16 @@ impl Fetcher<'_> {
         tap: Option<&Tap>,
     ) -> Result<(), PullError> {
         let reference = format!("layer-{}", layer.digest);
+        // The hosts whose bytes are in the ingest, and those that served
+        // this blob wrong (passed over while another host can serve it).
+        let (in_ingest, avoid) = (Mutex::new(Vec::new()), Mutex::new(Vec::<String>::new()));
+        let lock =
+            |m: &'_ Mutex<Vec<String>>| m.lock().unwrap_or_else(PoisonError::into_inner).clone();
         self.retry
             .run(&format!("fetching {reference}"), PullError::again, |_| {
                 let labels = labels.clone();
                 let reference = reference.clone();
+                let (in_ingest, avoid, lock) = (&in_ingest, &avoid, &lock);
                 async move {
                     let (start, writer) = self.writer(&reference, layer, lease).await?;
                     let mut w = match (start, writer) {
@@ -173,12 +206,17 @@ impl Fetcher<'_> {
                             mut stream,
                             local,
                             host,
-                        } = source.open(image, &layer.digest, offset).await?;
-                        if let (Some(hosts), Some(host)) = (self.hosts, host) {
-                            hosts
+                        } = source
+                            .open(image, &layer.digest, offset, &lock(avoid))
+                            .await?;
+                        if let Some(host) = host {
+                            if let Some(hosts) = self.hosts {
+                                Hosts::note(&hosts.served, &host);
+                            }
+                            in_ingest
                                 .lock()
-                                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                                .insert(host);
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .push(host);
                         }
                         if offset > 0 {
                             tracing::info!(%reference, offset, start, "resuming layer");
@@ -224,15 +262,34 @@ impl Fetcher<'_> {
                     }
                     tracing::debug!(%reference, "downloaded");
                     if let Err(e) = w.commit(labels).await {
-                        // A digest or size mismatch: start that blob over.
+                        // A digest or size mismatch: start that blob over,
+                        // from another host while one can serve it.
                         if let Some(tap) = tap {
                             tap.cut().await;
                         }
                         self.containerd.content_abort(&reference).await?;
+                        let from = std::mem::take(
+                            &mut *in_ingest.lock().unwrap_or_else(PoisonError::into_inner),
+                        );
+                        for host in &from {
+                            tracing::warn!(%host, %reference, "served a blob whose digest is wrong; trying another host");
+                            if let Some(hosts) = self.hosts {
+                                Hosts::note(&hosts.rejected, host);
+                            }
+                        }
+                        avoid
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .extend(from.iter().cloned());
+                        let by = if from.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" (served by {})", from.join(", "))
+                        };
                         return Err(PullError::Blob {
                             reference: image.to_string(),
                             digest: layer.digest.clone(),
-                            message: format!("rejected at commit, will download again: {e}"),
+                            message: format!("rejected at commit{by}, will download again: {e}"),
                         });
                     }
                     Ok(())

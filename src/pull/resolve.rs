@@ -302,7 +302,7 @@ impl Resolver<'_> {
                 &format!("fetching {} of {reference}", d.digest),
                 PullError::again,
                 |_| async {
-                    let mut blob = source.open(reference, &d.digest, 0).await?;
+                    let mut blob = source.open(reference, &d.digest, 0, &[]).await?;
                     let mut buf = Vec::with_capacity(d.size as usize);
                     while let Some(chunk) = blob.stream.next().await {
                         buf.extend_from_slice(&chunk?);
