@@ -254,3 +254,45 @@ async fn a_mirror_serving_a_wrong_digest_is_named_and_passed_over() {
         .assert_visible_as(&fleet.reference, &fleet.image, 0)
         .await;
 }
+
+/// A mirror that hangs (answers nothing) is given up after the registry's
+/// read-timeout, and the origin serves the manifest and the layer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_that_hangs_is_given_up_after_the_read_timeout() {
+    let fleet = Fleet::start(1 << 20);
+    let dropin = fleet.env.path("root/etc/prewarm/config.d");
+    std::fs::create_dir_all(&dropin).unwrap();
+    std::fs::write(
+        dropin.join("60-timeout.toml"),
+        "version = 1\n[registry]\nread-timeout = \"1s\"\n",
+    )
+    .unwrap();
+    let layer = fleet.image.manifests[0].layer_digests[2].clone();
+    fleet.front.hang_next("/manifests/", 1);
+    fleet.front.hang_next(&layer, 100);
+    let config = fleet.last_node();
+    let started = std::time::Instant::now();
+    let out = fleet
+        .env
+        .prewarm(&["pull", "--config", config.to_str().unwrap()]);
+    assert_eq!(exit_code(&out), 0);
+    // Each hang costs the timeout, not the 30 s the mirror would hold it.
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "{:?}",
+        started.elapsed()
+    );
+    let report = fleet.env.report();
+    assert_eq!(report.images[0].status, ImageStatus::Pulled);
+    assert!(report.images[0].hosts.contains(&fleet.origin.host()));
+    let from_origin = fleet
+        .origin
+        .requests()
+        .iter()
+        .any(|r| r.path.contains(layer.as_str()) && r.status == 200 && r.range.is_none());
+    assert!(from_origin, "{:?}", fleet.origin.requests());
+    fleet
+        .env
+        .assert_visible_as(&fleet.reference, &fleet.image, 0)
+        .await;
+}

@@ -33,6 +33,8 @@ enum Action {
     Fail(u16, Option<u64>),
     Corrupt,
     Truncate,
+    /// Read the request and answer nothing, for a while.
+    Hang,
 }
 
 struct Rule {
@@ -147,6 +149,12 @@ impl FaultProxy {
         seconds: u64,
     ) {
         self.add(path_contains, count, Action::Fail(status, Some(seconds)));
+    }
+
+    /// Reads the next `count` matching requests and answers nothing for
+    /// 30 seconds (a server that hangs), then closes the connection.
+    pub fn hang_next(&self, path_contains: &str, count: usize) {
+        self.add(path_contains, count, Action::Hang);
     }
 
     /// Forwards the next `count` matching requests but flips one byte in the
@@ -271,6 +279,10 @@ fn serve(client: TcpStream, upstream: SocketAddr, state: &Mutex<State>) -> Resul
             out,
             "HTTP/1.1 {code} Injected\r\n{after}Content-Length: 0\r\nConnection: close\r\n\r\n"
         )?;
+        return Ok(());
+    }
+    if let Some(Action::Hang) = action {
+        std::thread::sleep(Duration::from_secs(30));
         return Ok(());
     }
     let up = match TcpStream::connect_timeout(&upstream, Duration::from_secs(5)) {
