@@ -16,13 +16,18 @@
 //!   takes only to fetch the blobs, which bounds any pull. Not part of the
 //!   default run: `--only usr`;
 //! - `lists`: `check-config` of 25k, 50k and 100k listed images, which
-//!   must take linear time. Not part of the default run: `--only lists`.
+//!   must take linear time. Not part of the default run: `--only lists`;
+//! - `fleet`: `--nodes N` (default 8) nodes booting at once, pulling one
+//!   image from an origin behind one shared link (`--link`, default 100
+//!   MiB/s): straight, with a per-node cap, and through a pull-through
+//!   cache. Prints the origin's egress and p50/p95/max time to done. Not
+//!   part of the default run: `--only fleet`.
 //!
 //! Prints numbers; exits non-zero when a target is missed.
 //!
-//! Usage: prewarm-bench [--scale F] [--only set|single|throttle|usr|lists]
+//! Usage: prewarm-bench [--scale F] [--only set|single|throttle|usr|lists|fleet]
 //!                      [--runs N] [--concurrency N] [--show-log] [--tmpfs]
-//!                      [--containerd SUITE] [--link MIB_PER_S]
+//!                      [--containerd SUITE] [--link MIB_PER_S] [--nodes N]
 //!
 //! `--tmpfs` puts every containerd root on a tmpfs, so that the numbers
 //! compare CPU-bound work rather than this machine's shared disk.
@@ -103,6 +108,7 @@ struct Args {
     show_log: bool,
     tmpfs: bool,
     link: Option<f64>,
+    nodes: usize,
 }
 
 fn args() -> Result<Args> {
@@ -113,6 +119,7 @@ fn args() -> Result<Args> {
         show_log: false,
         tmpfs: false,
         link: None,
+        nodes: 8,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -122,6 +129,7 @@ fn args() -> Result<Args> {
             "--runs" => a.runs = it.next().context("--runs needs a number")?.parse()?,
             "--show-log" => a.show_log = true,
             "--tmpfs" => a.tmpfs = true,
+            "--nodes" => a.nodes = it.next().context("--nodes needs a number")?.parse()?,
             "--link" => {
                 a.link = Some(it.next().context("--link needs MiB/s")?.parse()?);
             }
@@ -234,6 +242,18 @@ fn run() -> Result<bool> {
     } else {
         vec![]
     };
+    let fleet = if only("fleet") {
+        push_all(
+            &registry,
+            &work,
+            &[(
+                "bench/fleet:1",
+                sample_image(31, 3, mib(24.0), Compression::Gzip),
+            )],
+        )?
+    } else {
+        vec![]
+    };
     println!("prewarm: {}", prewarm.display());
     match CONCURRENCY.load(std::sync::atomic::Ordering::Relaxed) {
         0 => println!("prewarm concurrency: its default"),
@@ -328,6 +348,11 @@ fn run() -> Result<bool> {
         ok &= usr_case(
             &prewarm, &roots, &registry, from, &usr, args.runs, args.link,
         )?;
+    }
+
+    if !fleet.is_empty() {
+        let link = args.link.unwrap_or(100.0);
+        ok &= fleet_case(&prewarm, &roots, &registry, &fleet[0], args.nodes, link)?;
     }
 
     if want("throttle") && !single.is_empty() {
@@ -717,6 +742,129 @@ fn fetch_only(from: std::net::SocketAddr, images: &[PushedImage]) -> Result<Dura
         }
     }
     Ok(start.elapsed())
+}
+
+/// Percentile `p` (0..=1) of sorted `v`.
+fn percentile(v: &[f64], p: f64) -> f64 {
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+/// The `fleet` case: `nodes` nodes (each a containerd and a prewarm) boot
+/// at once and pull one image from an origin behind one shared link of
+/// `link_mib` MiB/s: straight from the origin, with a per-node bandwidth
+/// cap, and through a pull-through cache (Debian's docker-registry in
+/// proxy mode, fresh each run) named first in every node's hosts.toml.
+/// Prints the origin's egress and the time to done (p50, p95, max).
+/// Fails unless every node ends with the image, and the cache holds the
+/// origin's egress to at most twice the image.
+fn fleet_case(
+    prewarm: &std::path::Path,
+    roots: &std::path::Path,
+    registry: &Registry,
+    image: &PushedImage,
+    nodes: usize,
+    link_mib: f64,
+) -> Result<bool> {
+    let size = image.manifests[0].compressed_size as f64 / MIB;
+    let origin = FaultProxy::start(registry.addr)?;
+    origin.link((link_mib * MIB) as u64);
+    let reference = through(image, &origin.host()).reference;
+    let cap = format!("{:.0}MiB/s", (link_mib / nodes as f64).max(1.0));
+    println!(
+        "\nfleet: {nodes} nodes at once, one {size:.0} MiB image, the origin behind one {link_mib:.0} MiB/s link"
+    );
+    println!(
+        "{:<28} {:>12} {:>9} {:>9} {:>9}",
+        "run", "origin MiB", "p50 s", "p95 s", "max s"
+    );
+    let mut ok = true;
+    for (name, mirror, bandwidth) in [
+        ("straight from the origin", false, None),
+        ("per-node cap", false, Some(cap.as_str())),
+        ("through a pull-through cache", true, None),
+    ] {
+        origin.clear();
+        let label = name.replace(' ', "-");
+        let cache = if mirror {
+            Some(Registry::start_pull_through(
+                &roots.join(format!("{label}-cache")),
+                &format!("http://{}", origin.host()),
+            )?)
+        } else {
+            None
+        };
+        let containerds = (0..nodes)
+            .map(|i| start_containerd(&roots.join(format!("{label}-{i}"))))
+            .collect::<Result<Vec<_>>>()?;
+        if let Some(cache) = &cache {
+            for c in &containerds {
+                let dir = c.config_path_dir.join(origin.host());
+                std::fs::create_dir_all(&dir)?;
+                std::fs::write(
+                    dir.join("hosts.toml"),
+                    format!(
+                        "server = \"http://{}\"\n\n[host.\"http://{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+                        origin.host(),
+                        cache.host()
+                    ),
+                )?;
+            }
+        }
+        let refs = [reference.clone()];
+        let runs: Vec<Result<Measured>> = std::thread::scope(|s| {
+            let handles: Vec<_> = containerds
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    let (label, refs) = (&label, &refs);
+                    s.spawn(move || {
+                        run_prewarm(
+                            prewarm,
+                            roots,
+                            &format!("{label}-node{i}"),
+                            c,
+                            refs,
+                            bandwidth,
+                            None,
+                        )
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("a node's thread panicked")))
+                })
+                .collect()
+        });
+        let mut walls = Vec::new();
+        for run in runs {
+            walls.push(run?.wall.as_secs_f64());
+        }
+        walls.sort_by(f64::total_cmp);
+        let egress = origin.bytes_sent_for("/blobs/") as f64 / MIB;
+        println!(
+            "{name:<28} {egress:>12.0} {:>9.2} {:>9.2} {:>9.2}",
+            percentile(&walls, 0.5),
+            percentile(&walls, 0.95),
+            walls[walls.len() - 1]
+        );
+        if mirror && egress > 2.0 * size {
+            println!(
+                "fleet    the cache let {egress:.0} MiB through for a {size:.0} MiB image  FAIL"
+            );
+            ok = false;
+        }
+        for (i, c) in containerds.into_iter().enumerate() {
+            discard(c, &roots.join(format!("{label}-{i}")));
+        }
+    }
+    println!(
+        "fleet    every node ended with the image  {}",
+        if ok { "PASS" } else { "FAIL" }
+    );
+    Ok(ok)
 }
 
 /// `image`, named through another host (a proxy in front of its registry).
