@@ -292,7 +292,7 @@ pub async fn extract_stream(
             media_type: layer.media_type.clone(),
         })?;
     let digest = layer.digest.clone();
-    let (plain_tx, plain_rx) = std::sync::mpsc::sync_channel::<std::io::Result<Bytes>>(4);
+    let (plain_tx, plain_rx) = std::sync::mpsc::sync_channel::<std::io::Result<Bytes>>(PLAIN_DEPTH);
     let decompress = tokio::task::spawn_blocking(move || {
         let Tapped { mut rx, ended } = input;
         let blob = ChunkReader::new(move || match rx.blocking_recv() {
@@ -316,7 +316,7 @@ pub async fn extract_stream(
             }
         };
         loop {
-            let mut buf = vec![0u8; 1 << 20];
+            let mut buf = vec![0u8; PLAIN_CHUNK];
             match read_full(&mut decoder, &mut buf) {
                 Ok(0) => return,
                 Ok(n) => {
@@ -357,6 +357,12 @@ pub async fn extract_stream(
     tracing::debug!(layer = %digest, entries = applied.entries, bytes = applied.size, "unpacked in process");
     Ok(applied)
 }
+
+/// The decompressed stream goes to the extracting thread in chunks of this
+/// size, at most `PLAIN_DEPTH` of them waiting: what one layer being
+/// unpacked holds, times the layers unpacked side by side.
+const PLAIN_CHUNK: usize = 256 << 10;
+const PLAIN_DEPTH: usize = 4;
 
 /// Reads until `buf` is full or the stream ends.
 fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {

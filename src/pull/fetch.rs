@@ -18,8 +18,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-/// Write chunks to containerd in pieces of this size.
-const CHUNK: usize = 1 << 20;
+/// Write chunks to containerd in pieces of this size: each layer being
+/// downloaded holds about two of them (the buffer, and the message on its
+/// way), times the layers side by side.
+const CHUNK: usize = 256 << 10;
 /// Check free space after this many bytes written.
 const DISK_CHECK_EVERY: u64 = 16 << 20;
 /// How often free space is read while containerd unpacks.
