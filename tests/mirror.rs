@@ -119,7 +119,26 @@ async fn a_pull_through_cache_spares_the_origin_and_one_that_errs_is_passed_over
     let report = fleet.pull(&config_a);
     assert_eq!(report.images[0].hosts, [fleet.front.host()]);
     let after_a = fleet.origin_blob_bytes();
-    assert!(after_a >= size, "the origin sent {after_a} of {size} bytes");
+    // Debian's docker-registry (distribution 2.8) in proxy mode fetches a
+    // blob it does not hold twice from the origin: one stream serves it,
+    // another stores it. prewarm asks it once per blob.
+    assert!(
+        after_a >= size && after_a <= 2 * size + (64 << 10),
+        "the origin sent {after_a} bytes for a {size}-byte image"
+    );
+    let asked: Vec<_> = fleet
+        .front
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.contains("/blobs/") && r.range.is_none())
+        .map(|r| r.path)
+        .collect();
+    let once: std::collections::BTreeSet<_> = asked.iter().collect();
+    assert_eq!(
+        asked.len(),
+        once.len(),
+        "each blob asked of the mirror once: {asked:?}"
+    );
     drop(a);
 
     // Node B costs the origin no blob bytes (manifests at most).
