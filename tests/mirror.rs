@@ -102,6 +102,13 @@ impl Fleet {
         report
     }
 
+    /// kubelet's view, on the env's own containerd (the last node).
+    async fn assert_visible(&self) {
+        self.env
+            .assert_visible_as(&self.reference, &self.image, 0)
+            .await;
+    }
+
     /// Blob bytes the origin has sent.
     fn origin_blob_bytes(&self) -> u64 {
         self.origin.bytes_sent_for("/blobs/")
@@ -172,10 +179,7 @@ async fn a_pull_through_cache_spares_the_origin_and_one_that_errs_is_passed_over
             .any(|r| r.path.contains(layer.as_str()) && r.status == 200);
         assert_eq!(served, from_origin, "{layer}: {origin_log:?}");
     }
-    fleet
-        .env
-        .assert_visible_as(&fleet.reference, &fleet.image, 0)
-        .await;
+    fleet.assert_visible().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -229,10 +233,7 @@ async fn a_mirror_that_dies_mid_blob_is_left_for_the_origin_with_range() {
         })
         .collect();
     assert!(!resumed.is_empty(), "{:?}", fleet.origin.requests());
-    fleet
-        .env
-        .assert_visible_as(&fleet.reference, &fleet.image, 0)
-        .await;
+    fleet.assert_visible().await;
 }
 
 /// A mirror that serves a layer with the wrong bytes: the blob is rejected
@@ -268,10 +269,7 @@ async fn a_mirror_serving_a_wrong_digest_is_named_and_passed_over() {
         (full_gets(&fleet.front), full_gets(&fleet.origin) > 0),
         (1, true)
     );
-    fleet
-        .env
-        .assert_visible_as(&fleet.reference, &fleet.image, 0)
-        .await;
+    fleet.assert_visible().await;
 }
 
 /// A mirror that hangs (answers nothing) is given up after the registry's
@@ -310,8 +308,5 @@ async fn a_mirror_that_hangs_is_given_up_after_the_read_timeout() {
         .iter()
         .any(|r| r.path.contains(layer.as_str()) && r.status == 200 && r.range.is_none());
     assert!(from_origin, "{:?}", fleet.origin.requests());
-    fleet
-        .env
-        .assert_visible_as(&fleet.reference, &fleet.image, 0)
-        .await;
+    fleet.assert_visible().await;
 }
