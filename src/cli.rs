@@ -25,6 +25,11 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "FILE")]
     pub report: Option<PathBuf>,
 
+    /// Prometheus text file for node_exporter's textfile collector; "" for
+    /// none (overrides [pull] metrics-file)
+    #[arg(long, global = true, value_name = "FILE")]
+    pub metrics_file: Option<PathBuf>,
+
     /// Bandwidth cap such as 50MiB/s (overrides [throttle] bandwidth)
     #[arg(long, global = true, value_name = "RATE")]
     pub bandwidth: Option<String>,
@@ -80,6 +85,7 @@ impl Cli {
         Overrides {
             socket: self.socket.clone(),
             report: self.report.clone(),
+            metrics_file: self.metrics_file.clone(),
             bandwidth: self.bandwidth.clone(),
             concurrency: self.concurrency,
             images: self.images.clone(),

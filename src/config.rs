@@ -26,6 +26,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Directories read in this order, relative to the configuration root.
+/// Where node_exporter's textfile collector reads by convention.
+pub const DEFAULT_METRICS_FILE: &str = "/var/lib/node_exporter/textfile_collector/prewarm.prom";
+
 pub const FRAGMENT_DIRS: [&str; 3] = [
     "usr/lib/prewarm/config.d",
     "run/prewarm/config.d",
@@ -146,6 +149,7 @@ struct RawPull {
     keep_layers: Option<bool>,
     unpack_while_downloading: Option<bool>,
     progress_interval: Option<HumanDuration>,
+    metrics_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -634,6 +638,9 @@ pub struct PullSettings {
     pub unpack_while_downloading: bool,
     /// How often a progress line is logged and sent to systemd.
     pub progress_interval: Duration,
+    /// The Prometheus text file for node_exporter's textfile collector;
+    /// `None` (an empty `metrics-file`) writes none.
+    pub metrics_file: Option<PathBuf>,
 }
 
 /// The longest `[pull] progress-interval`.
@@ -667,6 +674,7 @@ struct HandoffSources {
 pub struct Overrides {
     pub socket: Option<PathBuf>,
     pub report: Option<PathBuf>,
+    pub metrics_file: Option<PathBuf>,
     pub bandwidth: Option<String>,
     pub concurrency: Option<NonZeroU32>,
     pub images: Vec<String>,
@@ -992,6 +1000,7 @@ impl Settings {
                 keep_layers: true,
                 unpack_while_downloading: true,
                 progress_interval: Duration::from_secs(5),
+                metrics_file: Some(DEFAULT_METRICS_FILE.into()),
             },
             throttle: ThrottleSettings {
                 bandwidth: None,
@@ -1146,6 +1155,9 @@ impl Settings {
         }
         if let Some(v) = p.unpack_while_downloading {
             self.pull.unpack_while_downloading = v;
+        }
+        if let Some(v) = &p.metrics_file {
+            self.pull.metrics_file = (!v.as_os_str().is_empty()).then(|| v.clone());
         }
         if let Some(v) = p.progress_interval {
             if v.0 > MAX_PROGRESS_INTERVAL {
@@ -1441,6 +1453,9 @@ impl Settings {
         }
         if let Some(v) = &o.report {
             self.pull.report = v.clone();
+        }
+        if let Some(v) = &o.metrics_file {
+            self.pull.metrics_file = (!v.as_os_str().is_empty()).then(|| v.clone());
         }
         if let Some(v) = &o.bandwidth {
             self.throttle.bandwidth =

@@ -42,6 +42,7 @@ pub mod gc;
 pub mod iocap;
 pub mod labels;
 pub mod manifest;
+pub mod metrics;
 pub mod node;
 pub mod plan;
 pub mod preload;

@@ -114,6 +114,9 @@ pub async fn pull(
     report
         .write(&report_path)
         .with_context(|| format!("writing the report to {}", report_path.display()))?;
+    if let Some(path) = &engine.settings.pull.metrics_file {
+        crate::metrics::write(path, &crate::metrics::render(Some(&report), None));
+    }
     let exit = list_exit(
         &lists,
         if report.summary.required_missing == 0 {

@@ -85,6 +85,9 @@ pub struct Report {
     /// The IO cap put on containerd for the run, if configured.
     #[serde(default)]
     pub io_cap: Option<IoCapReport>,
+    /// Free space on the image filesystem before and after the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<DiskReport>,
     /// The image list sources read (`[[sources]]`), fresh or cached.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sources: Vec<SourceReport>,
@@ -94,6 +97,14 @@ pub struct Report {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gc: Option<GcReport>,
     pub summary: Summary,
+}
+
+/// The image filesystem around a run.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DiskReport {
+    pub path: String,
+    pub free_before: u64,
+    pub free_after: u64,
 }
 
 /// What became of one source in a run.
@@ -286,6 +297,7 @@ mod tests {
             bandwidth: Some(5),
             interrupted: None,
             io_cap: None,
+            disk: None,
             sources: Vec::new(),
             images: vec![img(ImageStatus::Pulled, true, 1)],
             gc: None,

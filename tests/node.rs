@@ -69,9 +69,12 @@ impl Case {
     /// A config fragment for `untaint`/`register` with `handoff` lines.
     fn config(&self, handoff: &str) -> PathBuf {
         let text = format!(
-            "version = 1\n[pull]\nreport = {:?}\n[handoff]\nnode-name = \"{NODE}\"\nstarted-file = {:?}\n\
-             request-timeout = \"3s\"\n{handoff}\n",
+            "version = 1\n[pull]\nreport = {:?}\nmetrics-file = {:?}\n[handoff]\nnode-name = \"{NODE}\"\n\
+             started-file = {:?}\nrequest-timeout = \"3s\"\n{handoff}\n",
             self.path("report.json"),
+            // Written only where the directory exists: see the handoff
+            // metrics test.
+            self.path("textfile/prewarm.prom"),
             self.path("started"),
         );
         let p = self.path("prewarm.toml");
@@ -289,6 +292,54 @@ fn direct_mode_removes_exactly_our_taint() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(c.stored()["spec"]["taints"], json!([a, b]));
     assert_eq!(c.annotation()["action"], "taint-absent");
+}
+
+/// Once untaint has run, the metrics file holds the pull's metrics (from
+/// its report) and the handoff: its result and the seconds since the start
+/// stamp, as in the Node's annotation. Read with a real parser.
+#[test]
+fn untaint_writes_the_handoff_to_the_metrics_file() {
+    let c = Case::new();
+    c.api
+        .create_node(node(vec![taint(DIRECT_KEY, None, "NoSchedule")]))
+        .unwrap();
+    c.report(1);
+    c.stamp();
+    let file = c.path("textfile/prewarm.prom");
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    let out = c.run(&c.direct(&c.untainter(), ""), "untaint");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let record = c.annotation();
+    let text = std::fs::read_to_string(&file).unwrap();
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+    let value = |metric: &str| -> Vec<(prometheus_parse::Value, Option<String>)> {
+        scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == metric)
+            .map(|s| (s.value.clone(), s.labels.get("result").map(str::to_string)))
+            .collect()
+    };
+    assert_eq!(
+        value("prewarm_handoff_seconds"),
+        [(
+            prometheus_parse::Value::Gauge(record["seconds"].as_f64().unwrap()),
+            None
+        )]
+    );
+    assert_eq!(
+        value("prewarm_handoff_result"),
+        [(
+            prometheus_parse::Value::Gauge(1.0),
+            Some("degraded".to_string())
+        )]
+    );
+    assert_eq!(record["result"], "degraded");
+    // The pull's, from the report: one required image missing.
+    assert_eq!(
+        value("prewarm_pull_required_missing"),
+        [(prometheus_parse::Value::Gauge(1.0), None)]
+    );
 }
 
 #[test]

@@ -52,6 +52,11 @@ pub(super) async fn run(settings: Settings) -> anyhow::Result<Exit> {
     };
     let outcome = run.run(tl).await.context("handing the node over")?;
     let r = &outcome.record;
+    if let Some(path) = &settings.pull.metrics_file {
+        // The pull's metrics again (from its report), with the handoff.
+        let report = crate::report::Report::read(&settings.pull.report).ok();
+        crate::metrics::write(path, &crate::metrics::render(report.as_ref(), Some(r)));
+    }
     tracing::info!(
         "untaint: node={} result={} action={} images={} required-missing={} seconds={:.1}{}",
         outcome.node,

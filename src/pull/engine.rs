@@ -207,10 +207,16 @@ impl Engine {
         let started_at = crate::time::rfc3339(std::time::SystemTime::now());
         self.remove_stale_stages().await;
         let sources = |r: &Reference| self.source_for(r);
+        let free = || self.reserve.disk.usage().ok().map(|u| u.available);
+        let free_before = free();
+        let metrics = self.settings.pull.metrics_file.as_deref();
         let show = |p: &Progress| {
             let line = p.to_string();
             tracing::info!("{line}");
             crate::systemd::notify(&format!("STATUS={line}"));
+            if let Some(path) = metrics {
+                crate::metrics::write(path, &crate::metrics::render_progress(p));
+            }
         };
         let bounds = Bounds {
             concurrency: self.settings.pull.concurrency.get() as usize,
@@ -229,6 +235,13 @@ impl Engine {
             bandwidth: self.settings.throttle.bandwidth.map(|b| b.get()),
             interrupted,
             io_cap: None,
+            disk: free_before.zip(free()).map(|(free_before, free_after)| {
+                crate::report::DiskReport {
+                    path: self.reserve.path.clone(),
+                    free_before,
+                    free_after,
+                }
+            }),
             sources: Vec::new(),
             images,
             gc: None,

@@ -21,11 +21,14 @@
 //!   image from an origin behind one shared link (`--link`, default 25
 //!   MiB/s): straight, with a per-node cap, and through a pull-through
 //!   cache. Prints the origin's egress and p50/p95/max time to done. Not
-//!   part of the default run: `--only fleet`.
+//!   part of the default run: `--only fleet`;
+//! - `inflate`: the gzip decoders prewarm could use (flate2 on zlib-rs,
+//!   miniz_oxide, libdeflate), on the usr layers, in MiB/s of output. Not
+//!   part of the default run: `--only inflate`.
 //!
 //! Prints numbers; exits non-zero when a target is missed.
 //!
-//! Usage: prewarm-bench [--scale F] [--only set|single|throttle|usr|lists|fleet]
+//! Usage: prewarm-bench [--scale F] [--only set|single|throttle|usr|lists|fleet|inflate]
 //!                      [--runs N] [--concurrency N] [--show-log] [--tmpfs]
 //!                      [--containerd SUITE] [--link MIB_PER_S] [--nodes N]
 //!
@@ -242,6 +245,9 @@ fn run() -> Result<bool> {
     } else {
         vec![]
     };
+    if only("inflate") {
+        ok &= inflate_case()?;
+    }
     let fleet = if only("fleet") {
         push_all(
             &registry,
@@ -742,6 +748,99 @@ fn fetch_only(from: std::net::SocketAddr, images: &[PushedImage]) -> Result<Dura
         }
     }
     Ok(start.elapsed())
+}
+
+/// The `inflate` case: the gzip decoders prewarm could use, on the usr
+/// image's three layers (tarred from this machine's /usr, gzip at the
+/// fastest level as the usr case pushes them): flate2 on zlib-rs (what
+/// prewarm ships), miniz_oxide (flate2's pure-Rust default) and
+/// libdeflate (whole buffers only: it needs the blob and the output in
+/// memory, so it cannot unpack while downloading). Best of three, in MiB/s
+/// of output. Fails unless the shipped decoder is the fastest streaming
+/// one.
+fn inflate_case() -> Result<bool> {
+    use std::io::{Read, Write};
+    let mut blobs = Vec::new();
+    for dir in [
+        "/usr/lib/x86_64-linux-gnu",
+        "/usr/share",
+        "/usr/lib/python3",
+    ] {
+        let tar = host_layer(&[std::path::Path::new(dir)], Compression::Gzip)?
+            .tar
+            .context("a host layer without its tar")?;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&tar)?;
+        blobs.push((tar.len(), gz.finish()?));
+    }
+    let plain: usize = blobs.iter().map(|b| b.0).sum();
+    let packed: usize = blobs.iter().map(|b| b.1.len()).sum();
+    println!(
+        "\ninflate: the usr layers, {:.0} MiB of gzip to {:.0} MiB",
+        packed as f64 / MIB,
+        plain as f64 / MIB
+    );
+    let best = |decode: &dyn Fn(&[u8], usize) -> Result<usize>| -> Result<f64> {
+        let mut best = f64::MAX;
+        for _ in 0..3 {
+            let t = Instant::now();
+            for (len, gz) in &blobs {
+                let n = decode(gz, *len)?;
+                if n != *len {
+                    bail!("decoded {n} bytes of {len}");
+                }
+            }
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        Ok(plain as f64 / MIB / best)
+    };
+    // As prewarm reads: a stream, into 256 KiB pieces.
+    let flate2 = best(&|gz, _| {
+        let mut d = flate2::read::MultiGzDecoder::new(gz);
+        let mut buf = vec![0u8; 256 << 10];
+        let mut n = 0;
+        loop {
+            match d.read(&mut buf)? {
+                0 => return Ok(n),
+                k => n += k,
+            }
+        }
+    })?;
+    let miniz = best(&|gz, _| {
+        use miniz_oxide::inflate::stream::{inflate, InflateState};
+        use miniz_oxide::{DataFormat, MZFlush, MZStatus};
+        // flate2's own gzip header: ten bytes, no optional fields.
+        let mut input = &gz[10..gz.len() - 8];
+        let mut state = InflateState::new_boxed(DataFormat::Raw);
+        let mut buf = vec![0u8; 256 << 10];
+        let mut n = 0;
+        loop {
+            let r = inflate(&mut state, input, &mut buf, MZFlush::None);
+            input = &input[r.bytes_consumed..];
+            n += r.bytes_written;
+            match r.status {
+                Ok(MZStatus::StreamEnd) => return Ok(n),
+                Ok(_) => {}
+                Err(e) => bail!("miniz_oxide: {e:?}"),
+            }
+        }
+    })?;
+    let libdeflate = best(&|gz, len| {
+        let mut out = vec![0u8; len];
+        libdeflater::Decompressor::new()
+            .gzip_decompress(gz, &mut out)
+            .map_err(|e| anyhow::anyhow!("libdeflate: {e:?}"))
+    })?;
+    println!("{:<34} {:>10}", "decoder", "MiB/s out");
+    println!("{:<34} {flate2:>10.0}", "flate2 on zlib-rs (shipped)");
+    println!("{:<34} {miniz:>10.0}", "miniz_oxide (streaming)");
+    println!("{:<34} {libdeflate:>10.0}", "libdeflate (whole buffers)");
+    let pass = flate2 >= miniz;
+    println!(
+        "inflate  the shipped decoder is the fastest that can stream  {}",
+        if pass { "PASS" } else { "FAIL" }
+    );
+    Ok(pass)
 }
 
 /// Percentile `p` (0..=1) of sorted `v`.
