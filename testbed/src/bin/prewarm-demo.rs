@@ -110,6 +110,8 @@ fn run() -> Result<()> {
 
     let refs: Vec<String> = images.iter().map(|i| i.reference.clone()).collect();
     let report = dir.path().join("report.json");
+    let metrics = dir.path().join("textfile_collector/prewarm.prom");
+    std::fs::create_dir_all(dir.path().join("textfile_collector"))?;
     let config = dir.path().join("prewarm.toml");
     std::fs::write(
         &config,
@@ -117,7 +119,7 @@ fn run() -> Result<()> {
             &containerd,
             &refs,
             &report,
-            "concurrency = 2\nprogress-interval = \"1s\"",
+            &format!("concurrency = 2\nprogress-interval = \"1s\"\nmetrics-file = {metrics:?}"),
             &format!(
                 "[throttle]\nbandwidth = \"20MiB/s\"\n\n[disk]\nreserve = \"1GiB\"\n# A demo on a shared build disk: only the reserve binds.\nmax-usage-percent = 100\n\n\
                  [register]\nkubelet-config-dir = {dropins:?}\nkubelet-config = {kubelet_config:?}\n\n\
@@ -175,6 +177,11 @@ fn run() -> Result<()> {
     if let Some(a) = node.pointer("/metadata/annotations/prewarm.io~1preload") {
         println!("annotation prewarm.io/preload: {a}");
     }
+    step(&format!(
+        "metrics file for node_exporter's textfile collector ({})",
+        metrics.display()
+    ));
+    print!("{}", std::fs::read_to_string(&metrics).unwrap_or_default());
     let left = node
         .pointer("/spec/taints")
         .and_then(|t| t.as_array())
