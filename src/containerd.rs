@@ -376,6 +376,15 @@ impl Containerd {
         ))
     }
 
+    /// containerd's version, as its Version service tells it.
+    pub async fn version(&self) -> Result<String, ContainerdError> {
+        let r = containerd_client::services::v1::version_client::VersionClient::new(self.channel())
+            .version(Request::new(()))
+            .await
+            .map_err(ContainerdError::call("asking the version", "containerd"))?;
+        Ok(r.into_inner().version)
+    }
+
     // ---- snapshots and diff
 
     /// Does snapshot `key` exist?

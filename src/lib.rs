@@ -57,6 +57,7 @@ pub mod taint;
 pub mod throttle;
 pub mod time;
 pub mod unpack;
+pub mod warnings;
 
 use cli::Cli;
 pub use cmd::run;

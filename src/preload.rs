@@ -23,6 +23,8 @@ pub struct Plan {
     pub images: Vec<PlannedImage>,
     /// 0, or 6 when a required list could not be read.
     pub exit: Exit,
+    /// What on this node would undo the preload.
+    pub warnings: Vec<String>,
 }
 
 /// `prewarm plan`: resolves and plans without writing anything.
@@ -30,13 +32,52 @@ pub async fn plan(settings: Settings) -> anyhow::Result<Plan> {
     let (engine, lists) = connect_with_lists(settings).await?;
     let budget = engine.budget()?;
     let images = engine.plan().await?;
+    let planned: u64 = images
+        .iter()
+        .filter(|i| matches!(i.decision, Ok(crate::plan::Decision::Pull)))
+        .map(|i| i.need)
+        .sum();
+    let used = budget.total.saturating_sub(budget.available) + planned;
+    let warnings = node_warnings(
+        &engine.settings,
+        Some(&engine.containerd),
+        percent(used, budget.total),
+    )
+    .await;
     Ok(Plan {
         exit: list_exit(&lists, Exit::Ok),
         lists: lists.reports,
         disk_path: engine.reserve.path.clone(),
         budget,
         images,
+        warnings,
     })
+}
+
+/// `used` as a share of `total`, in percent.
+fn percent(used: u64, total: u64) -> Option<f64> {
+    (total > 0).then(|| used as f64 * 100.0 / total as f64)
+}
+
+/// What on this node would undo a preload: kubelet's image GC and
+/// credential checks (from its configuration), a containerd that does not
+/// show kubelet the pin, and the image filesystem's use once the images are
+/// in (`use_after`, percent) against kubelet's GC threshold.
+pub async fn node_warnings(
+    settings: &Settings,
+    containerd: Option<&crate::containerd::Containerd>,
+    use_after: Option<f64>,
+) -> Vec<String> {
+    let r = &settings.register;
+    let mut out = crate::warnings::Kubelet::read(&r.kubelet_config, &r.kubelet_config_dir)
+        .warnings(use_after);
+    if let Some(c) = containerd {
+        match c.version().await {
+            Ok(v) => out.extend(crate::warnings::containerd(&v, settings.containerd.pin)),
+            Err(e) => tracing::debug!(error = %e, "containerd's version, for warnings"),
+        }
+    }
+    out
 }
 
 /// How a pull ended.
@@ -78,6 +119,15 @@ pub async fn pull(
         .filter(|_| !kernel_caps);
     engine.unpack_pace = throttle::Bandwidth::new(pace);
     let mut report = engine.pull(started, &mut stop).await;
+    let use_after = report
+        .disk
+        .as_ref()
+        .zip(engine.budget().ok())
+        .and_then(|(d, b)| percent(b.total.saturating_sub(d.free_after), b.total));
+    report.warnings = node_warnings(&engine.settings, Some(&engine.containerd), use_after).await;
+    for w in &report.warnings {
+        tracing::warn!("{w}");
+    }
     report.io_cap = match io_cap {
         Ok(None) => None,
         Ok(Some(cap)) => {

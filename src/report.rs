@@ -88,6 +88,10 @@ pub struct Report {
     /// Free space on the image filesystem before and after the run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk: Option<DiskReport>,
+    /// What on this node would undo the preload (kubelet's image GC,
+    /// credential checks, containerd's version).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     /// The image list sources read (`[[sources]]`), fresh or cached.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sources: Vec<SourceReport>,
@@ -298,6 +302,7 @@ mod tests {
             interrupted: None,
             io_cap: None,
             disk: None,
+            warnings: Vec::new(),
             sources: Vec::new(),
             images: vec![img(ImageStatus::Pulled, true, 1)],
             gc: None,

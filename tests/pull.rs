@@ -310,3 +310,62 @@ async fn progress_goes_to_the_log_and_to_systemd() {
 async fn an_image_kubelet_pulled_with_discard_unpacked_layers() {
     common::core::after_a_discarding_cri_pull(std::path::Path::new("containerd")).await;
 }
+
+/// A node that will undo its preload says so, in check-config, plan and
+/// the pull's report: kubelet's imageMaximumGCAge and credential policy,
+/// a GC threshold the pulled images pass, and containerd 1.6 (which does
+/// not show kubelet the pin label).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_would_undo_the_preload_is_warned_of() {
+    let env = Env::start();
+    let img = push(
+        &env.registry.host(),
+        "warn/app:1",
+        &[linux("amd64", None, layers(720, &[Gzip], 64 << 10))],
+        Format::Oci,
+        &env.path("images"),
+    );
+    let kubelet = env.path("kubelet/config.yaml");
+    std::fs::create_dir_all(kubelet.parent().unwrap()).unwrap();
+    std::fs::write(
+        &kubelet,
+        "kind: KubeletConfiguration\nimageMaximumGCAge: 72h\n\
+         imagePullCredentialsVerificationPolicy: AlwaysVerify\n",
+    )
+    .unwrap();
+    let dropins = env.path("kubelet/conf.d");
+    std::fs::create_dir_all(&dropins).unwrap();
+    // Any use at all is above 1%.
+    std::fs::write(
+        dropins.join("10-gc.conf"),
+        "imageGCHighThresholdPercent: 1\n",
+    )
+    .unwrap();
+    let config = env.config_with(
+        &[(&img.reference, true)],
+        "",
+        &format!("[register]\nkubelet-config = {kubelet:?}\nkubelet-config-dir = {dropins:?}\n"),
+    );
+    let said = |args: &[&str]| {
+        let out = env.prewarm(args);
+        assert_eq!(exit_code(&out), 0, "{args:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let checked = said(&["check-config", "--config", config.to_str().unwrap()]);
+    assert!(
+        checked.contains("warning: kubelet's imageMaximumGCAge is 72h"),
+        "{checked}"
+    );
+    assert!(checked
+        .contains("warning: kubelet's imagePullCredentialsVerificationPolicy is AlwaysVerify"));
+    let planned = said(&["plan", "--config", config.to_str().unwrap()]);
+    assert!(
+        planned.contains("above kubelet's imageGCHighThresholdPercent (1)"),
+        "{planned}"
+    );
+    assert!(planned.contains("warning: containerd 1.6"), "{planned}");
+    said(&["pull", "--config", config.to_str().unwrap()]);
+    let warnings = env.report().warnings;
+    assert_eq!(warnings.len(), 4, "{warnings:?}");
+    assert!(warnings.iter().any(|w| w.starts_with("containerd 1.6")));
+}

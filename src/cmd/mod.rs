@@ -51,6 +51,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<Exit> {
             for p in &settings.sources {
                 out!("  {}", p.display());
             }
+            for w in crate::preload::node_warnings(&settings, None, None).await {
+                out!("warning: {w}");
+            }
             Ok(Exit::Ok)
         }
         Command::Plan => plan::run(settings).await,

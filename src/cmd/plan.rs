@@ -19,6 +19,9 @@ pub(super) async fn run(settings: Settings) -> anyhow::Result<Exit> {
                 .unwrap_or_default()
         );
     }
+    for w in &planned.warnings {
+        out!("warning: {w}");
+    }
     let budget = &planned.budget;
     out!(
         "disk {}: {} of {} bytes free, may write {} (reserve {}, max {}%)",

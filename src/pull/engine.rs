@@ -242,6 +242,7 @@ impl Engine {
                     free_after,
                 }
             }),
+            warnings: Vec::new(),
             sources: Vec::new(),
             images,
             gc: None,
