@@ -54,14 +54,29 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// How `plan` and `status` print.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Pull the listed images into containerd and write the report
     Pull,
     /// Show what pull would do, in order, with sizes; writes nothing
-    Plan,
+    Plan {
+        /// text (a table) or json
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
     /// Show each listed image as kubelet sees it (CRI), by tag and digest
-    Status,
+    Status {
+        /// text (a table) or json
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
     /// Validate the configuration and exit
     CheckConfig,
     /// Make kubelet register the Node with the startup taint

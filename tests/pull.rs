@@ -369,3 +369,45 @@ async fn what_would_undo_the_preload_is_warned_of() {
     assert_eq!(warnings.len(), 4, "{warnings:?}");
     assert!(warnings.iter().any(|w| w.starts_with("containerd 1.6")));
 }
+
+/// `plan` and `status` as JSON, for scripts: the plan says pull, then
+/// present after the pull; status says present by tag and by digest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_and_status_as_json() {
+    let env = Env::start();
+    let img = push(
+        &env.registry.host(),
+        "json/app:1",
+        &[linux("amd64", None, layers(730, &[Gzip], 64 << 10))],
+        Format::Oci,
+        &env.path("images"),
+    );
+    let config = env.config(&[(&img.reference, true)], "");
+    let json = |cmd: &str| -> serde_json::Value {
+        let out = env.prewarm(&[
+            cmd,
+            "--output",
+            "json",
+            "--config",
+            config.to_str().unwrap(),
+        ]);
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{cmd}: {e}: {}", String::from_utf8_lossy(&out.stdout)))
+    };
+    let plan = json("plan");
+    assert_eq!(plan["images"][0]["ref"], img.reference.as_str());
+    assert_eq!(plan["images"][0]["action"], "pull");
+    assert_eq!(plan["images"][0]["digest"], img.top_digest.as_str());
+    assert!(plan["images"][0]["bytes"].as_u64().unwrap() > 0);
+    assert!(plan["disk"]["allowance"].as_u64().unwrap() > 0);
+    assert_eq!(json("status")["images"][0]["present"], false);
+    env.pull_ok(&config);
+    assert_eq!(json("plan")["images"][0]["action"], "present");
+    let status = json("status");
+    let seen = &status["images"][0];
+    assert_eq!(
+        (&seen["by_tag"], &seen["by_digest"], &seen["present"]),
+        (&true.into(), &true.into(), &true.into())
+    );
+    assert_eq!(seen["image_id"], img.manifests[0].config_digest.as_str());
+}

@@ -56,9 +56,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<Exit> {
             }
             Ok(Exit::Ok)
         }
-        Command::Plan => plan::run(settings).await,
+        Command::Plan { output } => plan::run(settings, output).await,
         Command::Pull => pull::run(settings).await,
-        Command::Status => status::run(settings).await,
+        Command::Status { output } => status::run(settings, output).await,
         Command::Gc { apply } => gc::run(settings, apply).await,
     }
 }

@@ -1,11 +1,16 @@
 //! `prewarm plan`: what a pull would do, written as a table. Writes nothing.
 
+use crate::cli::Output;
 use crate::config::Settings;
 use crate::plan;
 use crate::Exit;
 
-pub(super) async fn run(settings: Settings) -> anyhow::Result<Exit> {
+pub(super) async fn run(settings: Settings, output: Output) -> anyhow::Result<Exit> {
     let planned = crate::preload::plan(settings).await?;
+    if output == Output::Json {
+        out!("{}", serde_json::to_string_pretty(&as_json(&planned))?);
+        return Ok(planned.exit);
+    }
     for s in &planned.lists {
         out!(
             "list {} ({}): {:?}, {} entries{}",
@@ -73,4 +78,44 @@ pub(super) async fn run(settings: Settings) -> anyhow::Result<Exit> {
         );
     }
     Ok(planned.exit)
+}
+
+/// The plan for `--output json`: what the table shows, by name.
+fn as_json(planned: &crate::preload::Plan) -> serde_json::Value {
+    let b = &planned.budget;
+    let images: Vec<serde_json::Value> = planned
+        .images
+        .iter()
+        .map(|item| {
+            let (action, reason) = match &item.decision {
+                Ok(plan::Decision::Pull) => ("pull", None),
+                Ok(plan::Decision::Present) => ("present", None),
+                Ok(plan::Decision::Skip(_)) => ("skip", Some("disk-budget".to_string())),
+                Err(e) => ("fail", Some(e.clone())),
+            };
+            serde_json::json!({
+                "ref": item.entry.reference.to_string(),
+                "required": item.entry.required,
+                "priority": item.entry.priority,
+                "action": action,
+                "reason": reason,
+                "bytes": item.need,
+                "digest": item.resolved.as_ref().map(|r| r.top().desc.digest.clone()),
+                "moved_from": item.moved_from(),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "lists": planned.lists,
+        "disk": {
+            "path": planned.disk_path,
+            "total": b.total,
+            "available": b.available,
+            "reserve": b.reserve,
+            "max_usage_percent": b.max_usage_percent,
+            "allowance": b.allowance(),
+        },
+        "warnings": planned.warnings,
+        "images": images,
+    })
 }
