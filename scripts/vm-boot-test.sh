@@ -396,7 +396,12 @@ created = [r for r in reqs if r["method"] == "POST" and r["status"] == 201
            and any(t.get("key") == key for t in ((r["body"] or {}).get("spec") or {}).get("taints") or [])]
 patched = [r for r in reqs if r["method"] == "PATCH" and r["status"] == 200
            and r["path"] == f"/api/v1/nodes/{name}" and "prewarm-untaint" in (r["user"] or "")]
+evented = [r for r in reqs if r["method"] == "POST" and r["status"] == 201
+           and r["path"].startswith("/apis/events.k8s.io/v1/namespaces/")
+           and (r["body"] or {}).get("reason") in ("PreloadComplete", "PreloadDegraded")]
 problems = []
+if not evented:
+    problems.append("no handoff Event (PreloadComplete or PreloadDegraded) was created")
 if node is None:
     problems.append(f"no Node {name} was registered")
 elif any(t.get("key") == key for t in node.get("spec", {}).get("taints") or []):

@@ -26,6 +26,16 @@ pub fn rfc3339(t: std::time::SystemTime) -> String {
     )
 }
 
+/// RFC 3339 in UTC with microseconds, as Kubernetes' MicroTime.
+pub fn rfc3339_micros(t: std::time::SystemTime) -> String {
+    let micros = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_micros())
+        .unwrap_or(0);
+    let whole = rfc3339(t);
+    format!("{}.{micros:06}Z", whole.trim_end_matches('Z'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

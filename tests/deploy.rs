@@ -57,7 +57,7 @@ fn every_manifest_parses() {
 }
 
 #[test]
-fn rbac_grants_get_and_patch_on_nodes_only() {
+fn rbac_grants_get_and_patch_on_nodes_and_creating_events_only() {
     let d = docs("rbac.yaml");
     assert_eq!(
         kinds(&d),
@@ -70,7 +70,7 @@ fn rbac_grants_get_and_patch_on_nodes_only() {
         .map(|(a, k)| (a.to_string(), k.to_string()))
     );
     let rules = d[2]["rules"].as_sequence().unwrap();
-    assert_eq!(rules.len(), 1);
+    assert_eq!(rules.len(), 2);
     let strs = |v: &Value| -> Vec<String> {
         v.as_sequence()
             .unwrap()
@@ -80,6 +80,9 @@ fn rbac_grants_get_and_patch_on_nodes_only() {
     };
     assert_eq!(strs(&rules[0]["resources"]), ["nodes"], "not nodes/status");
     assert_eq!(strs(&rules[0]["verbs"]), ["get", "patch"]);
+    assert_eq!(strs(&rules[1]["apiGroups"]), ["events.k8s.io"]);
+    assert_eq!(strs(&rules[1]["resources"]), ["events"]);
+    assert_eq!(strs(&rules[1]["verbs"]), ["create"]);
     let subject = &d[3]["subjects"][0];
     assert_eq!(s(subject, &["name"]), s(&d[1], &["metadata", "name"]));
     assert_eq!(

@@ -273,13 +273,29 @@ fn direct_mode_removes_exactly_our_taint() {
         "{}",
         stderr(&out)
     );
-    // One GET, one JSON patch, nothing else.
+    // One GET, one JSON patch, then the Event, nothing else.
     let reqs = c.api.requests();
     let kinds: Vec<(String, Option<String>)> = reqs
         .iter()
         .map(|r| (r.method.clone(), r.content_type.clone()))
         .collect();
-    assert_eq!(kinds.len(), 2, "{kinds:?}");
+    assert_eq!(kinds.len(), 3, "{kinds:?}");
+    assert_eq!(kinds[2].0, "POST");
+    let events = c.api.events();
+    assert_eq!(events.len(), 1);
+    let e = &events[0];
+    assert_eq!(
+        (e["reason"].as_str(), e["type"].as_str()),
+        (Some("PreloadComplete"), Some("Normal"))
+    );
+    assert_eq!(e["regarding"]["kind"], "Node");
+    assert_eq!(e["regarding"]["name"], NODE);
+    assert_eq!(e["regarding"]["uid"], format!("uid-{NODE}"));
+    let note = e["note"].as_str().unwrap();
+    assert!(
+        note.contains("images 3/3") && note.contains("untainted"),
+        "{note}"
+    );
     assert_eq!(kinds[1].1.as_deref(), Some("application/json-patch+json"));
     let ops = reqs[1].body.clone().unwrap();
     assert_eq!(ops[0]["op"], "test");
@@ -342,6 +358,48 @@ fn untaint_writes_the_handoff_to_the_metrics_file() {
     );
 }
 
+/// A degraded handoff gets a Warning Event with the reason; an API server
+/// that refuses Events does not hold the handoff up.
+#[test]
+fn the_handoff_event_never_blocks_the_handoff() {
+    let c = Case::new();
+    c.api
+        .create_node(node(vec![taint(DIRECT_KEY, None, "NoSchedule")]))
+        .unwrap();
+    c.report(2);
+    c.stamp();
+    let config = c.direct(&c.untainter(), "");
+    c.api.refuse_events(Some(500));
+    let out = c.run(&config, "untaint");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        c.stored()["spec"]["taints"],
+        json!([]),
+        "handed over all the same"
+    );
+    assert!(
+        stderr(&out).contains("creating the handoff event"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(c.api.events().is_empty());
+    // The next time it goes through: degraded, so a Warning, with why.
+    c.api.refuse_events(None);
+    c.api
+        .update_node(NODE, |n| {
+            n["spec"]["taints"] = json!([taint(DIRECT_KEY, None, "NoSchedule")])
+        })
+        .unwrap();
+    let out = c.run(&config, "untaint");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let events = c.api.events();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["reason"], "PreloadDegraded");
+    assert_eq!(events[0]["type"], "Warning");
+    let note = events[0]["note"].as_str().unwrap();
+    assert!(note.contains("2 required missing"), "{note}");
+}
+
 #[test]
 fn a_concurrent_writer_causes_a_fresh_get_and_a_correct_retry() {
     let c = Case::new();
@@ -365,7 +423,13 @@ fn a_concurrent_writer_causes_a_fresh_get_and_a_correct_retry() {
     let out = c.run(&config, "untaint");
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(c.stored()["spec"]["taints"], json!([b, a]));
-    let statuses: Vec<u16> = c.api.requests().iter().map(|r| r.status).collect();
+    let statuses: Vec<u16> = c
+        .api
+        .requests()
+        .iter()
+        .filter(|r| r.path.starts_with("/api/v1/nodes/"))
+        .map(|r| r.status)
+        .collect();
     assert_eq!(
         statuses,
         vec![200, 422, 200, 200],
@@ -391,7 +455,7 @@ fn a_concurrent_writer_causes_a_fresh_get_and_a_correct_retry() {
     let out = c.run(&config, "untaint");
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let statuses: Vec<u16> = c.api.requests()[n..].iter().map(|r| r.status).collect();
-    assert_eq!(statuses, vec![200, 409, 200, 200]);
+    assert_eq!(statuses, vec![200, 409, 200, 200, 201], "then the Event");
     assert_eq!(c.stored()["spec"]["taints"], json!([b, a]));
 }
 
@@ -534,7 +598,17 @@ fn condition_mode_writes_only_the_status_and_the_annotation() {
             ),
         ]
     );
-    let annotation_patch = c.api.requests().last().unwrap().body.clone().unwrap();
+    let annotation_patch = c
+        .api
+        .requests()
+        .iter()
+        .rfind(|r| r.method == "PATCH")
+        .unwrap()
+        .body
+        .clone()
+        .unwrap();
+    // The kubelet's own credential creates the Event in condition mode.
+    assert_eq!(c.api.events().len(), 1);
     assert_eq!(annotation_patch["metadata"].as_object().unwrap().len(), 1);
     assert!(annotation_patch.get("spec").is_none());
 }

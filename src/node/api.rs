@@ -87,6 +87,12 @@ pub trait NodeApi {
         node: &str,
         body: Value,
     ) -> impl Future<Output = Result<Value, ApiError>> + Send;
+    /// Creates an `events.k8s.io/v1` Event about `node` in its namespace.
+    fn create_event(
+        &self,
+        node: &str,
+        event: Value,
+    ) -> impl Future<Output = Result<Value, ApiError>> + Send;
 }
 
 /// [`NodeApi`] over kube-rs, with a timeout on every call.
@@ -218,6 +224,21 @@ impl NodeApi for KubeNodeApi {
         );
         self.call(node, "PATCH status (strategic-merge)", req).await
     }
+
+    async fn create_event(&self, node: &str, event: Value) -> Result<Value, ApiError> {
+        let ns = event
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or("default")
+            .to_string();
+        let req = serde_json::to_vec(&event)
+            .map_err(kube::core::request::Error::SerializeBody)
+            .and_then(|body| {
+                Request::new(format!("/apis/events.k8s.io/v1/namespaces/{ns}/events"))
+                    .create(&Default::default(), body)
+            });
+        self.call(node, "POST event", req).await
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -256,6 +277,8 @@ pub(crate) mod fake {
         /// Status codes the next calls fail with, in order.
         pub errors: Mutex<VecDeque<u16>>,
         pub calls: Mutex<Vec<String>>,
+        /// Events created (they take no injected error and no call slot).
+        pub events: Mutex<Vec<Value>>,
     }
 
     impl FakeApi {
@@ -345,6 +368,11 @@ pub(crate) mod fake {
                 json_patch::merge(n, &body);
                 Ok(())
             })
+        }
+
+        async fn create_event(&self, _node: &str, event: Value) -> Result<Value, ApiError> {
+            self.events.lock().unwrap().push(event.clone());
+            Ok(event)
         }
     }
 }

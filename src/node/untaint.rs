@@ -146,6 +146,65 @@ impl Record {
     }
 }
 
+/// How long the handoff's Event may take.
+const EVENT_WITHIN: Duration = Duration::from_secs(5);
+
+/// `PreloadComplete` or `PreloadDegraded`.
+fn event_reason(r: &Record) -> &'static str {
+    if r.result == "ready" {
+        "PreloadComplete"
+    } else {
+        "PreloadDegraded"
+    }
+}
+
+/// The `events.k8s.io/v1` Event on the Node that says how the handoff went:
+/// images, seconds and the reason, in `note`.
+pub fn event(node: &str, uid: Option<&str>, r: &Record, now: std::time::SystemTime) -> Value {
+    let nanos = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let mut note = format!(
+        "preload {}: images {}, {} required missing, {:.1} s since the start stamp, {}",
+        r.result,
+        r.images.as_deref().unwrap_or("unknown"),
+        r.required_missing
+            .map_or("unknown".to_string(), |n| n.to_string()),
+        r.seconds,
+        r.action.as_str()
+    );
+    if let Some(why) = &r.reason {
+        note.push_str(&format!(": {why}"));
+    }
+    // The API server takes at most 1 kB.
+    if note.len() > 1024 {
+        let mut cut = 1021;
+        while !note.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        note.truncate(cut);
+        note.push_str("...");
+    }
+    let mut regarding = serde_json::json!({"apiVersion": "v1", "kind": "Node", "name": node});
+    if let Some(uid) = uid {
+        regarding["uid"] = uid.into();
+    }
+    serde_json::json!({
+        "apiVersion": "events.k8s.io/v1",
+        "kind": "Event",
+        "metadata": {"name": format!("{node}.{nanos:x}"), "namespace": "default"},
+        "eventTime": crate::time::rfc3339_micros(now),
+        "reportingController": "prewarm.io/untaint",
+        "reportingInstance": node,
+        "action": "Handoff",
+        "reason": event_reason(r),
+        "type": if r.result == "ready" { "Normal" } else { "Warning" },
+        "regarding": regarding,
+        "note": note,
+    })
+}
+
 /// The result of a run.
 #[derive(Debug, Clone)]
 pub struct Outcome {
@@ -310,6 +369,10 @@ impl<A: NodeApi + Sync> Untaint<'_, A> {
         if let Some(r) = &decision.reason {
             tracing::warn!(node, reason = %r, "preload degraded or late");
         }
+        let uid = first
+            .pointer("/metadata/uid")
+            .and_then(Value::as_str)
+            .map(str::to_string);
         record.action = match self.handoff.mode {
             HandoffMode::Direct => {
                 self.apply_direct(&tl, first, &decision, &mut record)
@@ -320,6 +383,20 @@ impl<A: NodeApi + Sync> Untaint<'_, A> {
                     .await?
             }
         };
+        // Once the outcome is on the Node: an Event for `kubectl describe
+        // node`. It never holds the handoff up: one try, bounded, and a
+        // failure is only logged.
+        let event = event(node, uid.as_deref(), &record, std::time::SystemTime::now());
+        match tokio::time::timeout(EVENT_WITHIN, self.api.create_event(node, event)).await {
+            Ok(Ok(_)) => tracing::debug!(node, reason = event_reason(&record), "event created"),
+            Ok(Err(e)) => {
+                tracing::warn!(node, error = %e, "creating the handoff event (the handoff is done)")
+            }
+            Err(_) => tracing::warn!(
+                node,
+                "creating the handoff event took too long (the handoff is done)"
+            ),
+        }
         Ok(Outcome {
             node: node.clone(),
             record,
@@ -757,6 +834,9 @@ mod tests {
         }
         async fn patch_status(&self, node: &str, body: Value) -> Result<Value, ApiError> {
             self.inner.patch_status(node, body).await
+        }
+        async fn create_event(&self, node: &str, event: Value) -> Result<Value, ApiError> {
+            self.inner.create_event(node, event).await
         }
     }
 

@@ -118,6 +118,10 @@ struct State {
     log: Vec<Logged>,
     /// When each connection refused under [`Outage::Refuse`] came in.
     refused: Vec<std::time::Instant>,
+    /// `events.k8s.io/v1` Events created, by (namespace, name).
+    events: BTreeMap<(String, String), Value>,
+    /// The status every Event creation fails with, when set.
+    refuse_events: Option<u16>,
 }
 
 impl State {
@@ -348,6 +352,16 @@ impl KubeApi {
     /// Every request so far.
     pub fn requests(&self) -> Vec<Logged> {
         self.lock().log.clone()
+    }
+
+    /// The Events created, in name order.
+    pub fn events(&self) -> Vec<Value> {
+        self.lock().events.values().cloned().collect()
+    }
+
+    /// Every Event creation from now on fails with `code` (None: none do).
+    pub fn refuse_events(&self, code: Option<u16>) {
+        self.lock().refuse_events = code;
     }
 
     /// Connections refused under [`Outage::Refuse`] at or after `since`.
@@ -672,6 +686,9 @@ fn handle(
     if let Some(rest) = path.strip_prefix("/api/v1/namespaces/") {
         return configmap(s, &role, user, method, path, rest);
     }
+    if let Some(rest) = path.strip_prefix("/apis/events.k8s.io/v1/namespaces/") {
+        return event(s, &role, user, method, rest, body);
+    }
     if path == "/api/v1/nodes" && method == "POST" {
         return create(s, &role, user, body);
     }
@@ -860,6 +877,130 @@ fn create(s: &mut State, role: &Role, user: &str, body: &[u8]) -> (u16, Value) {
 
 /// RBAC and the Node authorizer.
 /// GET `/api/v1/namespaces/<ns>/configmaps/<name>`.
+/// `POST /apis/events.k8s.io/v1/namespaces/{ns}/events`, validated as the
+/// API server validates an events.k8s.io/v1 Event: a name, the path's
+/// namespace, `eventTime` as a MicroTime, `reportingController`,
+/// `reportingInstance`, `action` and `reason` present and at most 128
+/// characters, `type` Normal or Warning, `note` at most 1 kB. The untaint
+/// principal's ClusterRole and a kubelet may create them.
+fn event(
+    s: &mut State,
+    role: &Role,
+    user: &str,
+    method: &str,
+    rest: &str,
+    body: &[u8],
+) -> (u16, Value) {
+    let Some((ns, "events")) = rest.split_once('/') else {
+        return status(
+            404,
+            "NotFound",
+            format!("the server could not find {rest}"),
+            None,
+        );
+    };
+    if method != "POST" {
+        return status(
+            405,
+            "MethodNotAllowed",
+            format!("{method} is not supported here"),
+            None,
+        );
+    }
+    if matches!(role, Role::Nobody) {
+        return status(
+            403,
+            "Forbidden",
+            format!(
+                "events.events.k8s.io is forbidden: User \"{user}\" cannot create resource \"events\" \
+                 in API group \"events.k8s.io\" in the namespace \"{ns}\""
+            ),
+            None,
+        );
+    }
+    if let Some(code) = s.refuse_events {
+        return status(code, "InternalError", "injected event failure".into(), None);
+    }
+    let Ok(mut ev) = serde_json::from_slice::<Value>(body) else {
+        return status(400, "BadRequest", "the body is not JSON".into(), None);
+    };
+    let text = |p: &str| {
+        ev.pointer(p)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let name = text("/metadata/name");
+    let mut invalid = Vec::new();
+    if name.is_empty() {
+        invalid.push("metadata.name: Required value".to_string());
+    }
+    let declared = text("/metadata/namespace");
+    if !declared.is_empty() && declared != ns {
+        invalid.push(format!(
+            "metadata.namespace: Invalid value: {declared:?}: does not match the request"
+        ));
+    }
+    let time = text("/eventTime");
+    let micro = time.len() == 27
+        && time.as_bytes()[10] == b'T'
+        && time.as_bytes()[19] == b'.'
+        && time.ends_with('Z');
+    if !micro {
+        invalid.push(format!(
+            "eventTime: Invalid value: {time:?}: not a MicroTime"
+        ));
+    }
+    for field in [
+        "reportingController",
+        "reportingInstance",
+        "action",
+        "reason",
+    ] {
+        let v = text(&format!("/{field}"));
+        if v.is_empty() {
+            invalid.push(format!("{field}: Required value"));
+        } else if v.len() > 128 {
+            invalid.push(format!("{field}: Too long: may not be more than 128 bytes"));
+        }
+    }
+    if !matches!(text("/type").as_str(), "Normal" | "Warning") {
+        invalid.push("type: Unsupported value: supported values: \"Normal\", \"Warning\"".into());
+    }
+    if text("/note").len() > 1024 {
+        invalid.push("note: Too long: may not be more than 1024 bytes".into());
+    }
+    if text("/regarding/kind").is_empty() {
+        invalid.push("regarding.kind: Required value".into());
+    }
+    if !invalid.is_empty() {
+        return status(
+            422,
+            "Invalid",
+            format!(
+                "Event.events.k8s.io {name:?} is invalid: {}",
+                invalid.join(", ")
+            ),
+            None,
+        );
+    }
+    let key = (ns.to_string(), name.clone());
+    if s.events.contains_key(&key) {
+        return status(
+            409,
+            "AlreadyExists",
+            format!("events.events.k8s.io {name:?} already exists"),
+            None,
+        );
+    }
+    s.revision += 1;
+    ev["metadata"]["namespace"] = ns.into();
+    ev["metadata"]["uid"] = format!("uid-event-{}", s.revision).into();
+    ev["metadata"]["resourceVersion"] = s.revision.to_string().into();
+    s.events.insert(key, ev.clone());
+    (201, ev)
+}
+
 fn configmap(
     s: &State,
     role: &Role,

@@ -177,6 +177,16 @@ fn run() -> Result<()> {
     if let Some(a) = node.pointer("/metadata/annotations/prewarm.io~1preload") {
         println!("annotation prewarm.io/preload: {a}");
     }
+    for e in api.events() {
+        println!(
+            "event {} {} on {} {}: {}",
+            e["type"].as_str().unwrap_or("?"),
+            e["reason"].as_str().unwrap_or("?"),
+            e["regarding"]["kind"].as_str().unwrap_or("?"),
+            e["regarding"]["name"].as_str().unwrap_or("?"),
+            e["note"].as_str().unwrap_or("")
+        );
+    }
     step(&format!(
         "metrics file for node_exporter's textfile collector ({})",
         metrics.display()
