@@ -62,6 +62,18 @@ impl Case {
         Case { dir, api }
     }
 
+    /// A Node with only prewarm's taint, a report with `missing` required
+    /// images missing, and the start stamp.
+    fn tainted(missing: usize) -> Case {
+        let c = Case::new();
+        c.api
+            .create_node(node(vec![taint(DIRECT_KEY, None, "NoSchedule")]))
+            .unwrap();
+        c.report(missing);
+        c.stamp();
+        c
+    }
+
     fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
@@ -315,12 +327,7 @@ fn direct_mode_removes_exactly_our_taint() {
 /// stamp, as in the Node's annotation. Read with a real parser.
 #[test]
 fn untaint_writes_the_handoff_to_the_metrics_file() {
-    let c = Case::new();
-    c.api
-        .create_node(node(vec![taint(DIRECT_KEY, None, "NoSchedule")]))
-        .unwrap();
-    c.report(1);
-    c.stamp();
+    let c = Case::tainted(1);
     let file = c.path("textfile/prewarm.prom");
     std::fs::create_dir_all(file.parent().unwrap()).unwrap();
     let out = c.run(&c.direct(&c.untainter(), ""), "untaint");
@@ -362,12 +369,7 @@ fn untaint_writes_the_handoff_to_the_metrics_file() {
 /// that refuses Events does not hold the handoff up.
 #[test]
 fn the_handoff_event_never_blocks_the_handoff() {
-    let c = Case::new();
-    c.api
-        .create_node(node(vec![taint(DIRECT_KEY, None, "NoSchedule")]))
-        .unwrap();
-    c.report(2);
-    c.stamp();
+    let c = Case::tainted(2);
     let config = c.direct(&c.untainter(), "");
     c.api.refuse_events(Some(500));
     let out = c.run(&config, "untaint");
@@ -461,12 +463,7 @@ fn a_concurrent_writer_causes_a_fresh_get_and_a_correct_retry() {
 
 #[test]
 fn api_down_past_the_deadline_fails_open_once_reachable() {
-    let c = Case::new();
-    c.api
-        .create_node(node(vec![taint(DIRECT_KEY, None, "NoSchedule")]))
-        .unwrap();
-    c.report(1);
-    c.stamp();
+    let c = Case::tainted(1);
     let started = Instant::now();
     c.api.set_outage(Outage::Refuse);
     let config = c.direct(
