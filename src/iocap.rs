@@ -416,6 +416,17 @@ impl IoCap {
         recover(state)?;
         let pid = peer_pid(socket)?;
         let target = target_of(pid, Path::new("/sys/fs/cgroup"))?;
+        Self::apply_to(target, root, limits, state)
+    }
+
+    /// Caps the cgroup `target` on the disk holding `root`, keeping what
+    /// was there in `state` until it is put back.
+    pub fn apply_to(
+        target: Target,
+        root: &Path,
+        limits: IoLimits,
+        state: &Path,
+    ) -> Result<IoCap, IoCapError> {
         let device = disk_of(root)?;
         let saved = read_current(&target, device)?;
         let json = serde_json::to_vec_pretty(&saved).map_err(|e| file_err(state, e))?;
@@ -425,7 +436,7 @@ impl IoCap {
             let _ = std::fs::remove_file(state);
             return Err(e);
         }
-        tracing::info!(?target, %device, ?limits, "capped containerd's writes");
+        tracing::info!(?target, %device, ?limits, "capped writes");
         Ok(IoCap {
             saved,
             state: state.to_path_buf(),
@@ -433,10 +444,23 @@ impl IoCap {
         })
     }
 
+    /// The cgroup capped.
+    pub fn target(&self) -> &Target {
+        &self.saved.target
+    }
+
     /// Whether the kernel caps containerd's buffered writes (the unpack).
     /// cgroup v1 does not: prewarm paces the unpacks itself there.
     pub fn caps_buffered_writes(&self) -> bool {
         !matches!(self.saved.target, Target::V1 { .. })
+    }
+
+    /// The capped cgroup, as the report names it.
+    pub fn name(&self) -> String {
+        match &self.saved.target {
+            Target::V1 { dir } | Target::V2 { dir } => dir.display().to_string(),
+            Target::Systemd { unit, .. } => format!("systemd unit {unit}"),
+        }
     }
 
     /// For the report.
@@ -452,6 +476,7 @@ impl IoCap {
             write_bps: limits.write_bps,
             write_iops: limits.write_iops,
             note,
+            own_cgroup: None,
         }
     }
 

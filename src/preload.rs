@@ -104,6 +104,9 @@ pub async fn pull(
     let report_path = settings.pull.report.clone();
     let (mut engine, lists) = connect_with_lists(settings).await?;
     let io_cap = cap_containerd_writes(&engine);
+    // The layers prewarm unpacks itself are its own writes: the same cap on
+    // its own cgroup, where it has one of its own (prewarm.service).
+    let own_cap = cap_own_writes(&engine, io_cap.as_ref().ok().and_then(Option::as_ref));
     // Where the kernel cannot hold containerd's unpack writes to the cap
     // (cgroup v1, or the cap could not be applied), pace the unpacks.
     let kernel_caps = match &io_cap {
@@ -140,6 +143,7 @@ pub async fn pull(
         Err(e) => Some(IoCapReport {
             cgroup: String::new(),
             device: String::new(),
+            own_cgroup: None,
             write_bps: engine.settings.throttle.io_limits.write_bps,
             write_iops: engine.settings.throttle.io_limits.write_iops,
             note: Some(match pace {
@@ -150,13 +154,34 @@ pub async fn pull(
     };
     if engine.settings.pull.unpack == crate::config::Unpack::Prewarm {
         // Those writes are prewarm's: no cap on containerd holds them.
-        if let Some(cap) = report.io_cap.as_mut().filter(|c| c.write_bps.is_some()) {
-            let own = "layers prewarm unpacks itself are written at write-bandwidth, by prewarm \
-                       (write-iops is not paced)";
-            cap.note = Some(match cap.note.take() {
-                Some(n) => format!("{n}; {own}"),
-                None => own.to_string(),
-            });
+        let own_name = own_cap.as_ref().map(iocap::IoCap::name);
+        let kernel = own_cap
+            .as_ref()
+            .is_some_and(iocap::IoCap::caps_buffered_writes);
+        if let Some(own) = own_cap {
+            if let Err(e) = own.restore() {
+                tracing::error!(error = %e, "restoring prewarm's own IO limits");
+            }
+        }
+        if let Some(cap) = report.io_cap.as_mut() {
+            cap.own_cgroup = own_name.clone();
+            let own = match (&own_name, kernel) {
+                (Some(name), true) => Some(format!(
+                    "layers prewarm unpacks itself are capped on its own cgroup ({name})"
+                )),
+                _ if cap.write_bps.is_some() => Some(
+                    "layers prewarm unpacks itself are written at write-bandwidth, by prewarm \
+                     (write-iops is not paced)"
+                        .to_string(),
+                ),
+                _ => None,
+            };
+            if let Some(own) = own {
+                cap.note = Some(match cap.note.take() {
+                    Some(n) => format!("{n}; {own}"),
+                    None => own,
+                });
+            }
         }
     }
     report.sources = lists.reports.clone();
@@ -327,6 +352,36 @@ fn cap_containerd_writes(engine: &Engine) -> Result<Option<iocap::IoCap>, iocap:
         .inspect_err(
             |e| tracing::error!(error = %e, "capping containerd's writes; pulling without the cap"),
         )
+}
+
+/// The IO cap on prewarm's own cgroup, for the layers it unpacks itself:
+/// only with `[pull] unpack = "prewarm"`, a cap configured, and a cgroup of
+/// its own (not the root one, nor containerd's, which is capped already).
+/// Restored as containerd's is, from its own state file after a kill -9.
+fn cap_own_writes(engine: &Engine, containerd: Option<&iocap::IoCap>) -> Option<iocap::IoCap> {
+    let s = &engine.settings;
+    let state = run_dir(s).join("iocap-own-state.json");
+    if let Err(e) = iocap::recover(&state) {
+        tracing::error!(error = %e, "restoring prewarm's own IO limits left by an earlier run");
+    }
+    if s.throttle.io_limits.is_empty() || s.pull.unpack != crate::config::Unpack::Prewarm {
+        return None;
+    }
+    let target = match iocap::target_of(std::process::id(), std::path::Path::new("/sys/fs/cgroup"))
+    {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::info!(error = %e, "not capping prewarm's own writes on its cgroup; they are paced");
+            return None;
+        }
+    };
+    if containerd.is_some_and(|c| *c.target() == target) {
+        return None;
+    }
+    let root = std::path::Path::new(&engine.reserve.path);
+    iocap::IoCap::apply_to(target, root, s.throttle.io_limits, &state)
+        .inspect_err(|e| tracing::warn!(error = %e, "capping prewarm's own writes; they are paced"))
+        .ok()
 }
 
 /// Where the limits in force before a run are kept until restored: next

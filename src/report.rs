@@ -148,6 +148,10 @@ pub struct IoCapReport {
     pub write_bps: Option<u64>,
     pub write_iops: Option<u64>,
     pub note: Option<String>,
+    /// The cgroup of prewarm's own writes (the layers it unpacks), when
+    /// the cap was put on it too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub own_cgroup: Option<String>,
 }
 
 /// Why a de-listed image stays.

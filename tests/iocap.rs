@@ -203,6 +203,60 @@ fn cap_left_by_kill_9_is_restored_at_the_next_start() {
     assert_restored(&s);
 }
 
+/// prewarm in a cgroup of its own (as under prewarm.service): the layers it
+/// unpacks itself are its own writes, so its cgroup gets the cap too for
+/// the run, and its earlier limits back after.
+#[test]
+fn prewarm_s_own_cgroup_is_capped_for_the_layers_it_writes() {
+    let s = setup("pw-own-c");
+    let own = Blkio {
+        dir: Path::new("/sys/fs/cgroup/blkio").join(format!("pw-own-{}", std::process::id())),
+        // Nothing to move back: prewarm has exited by then.
+        pid: 0,
+    };
+    std::fs::create_dir_all(&own.dir).unwrap();
+    std::fs::write(own.dir.join(IOPS), format!("{} 777", s.dev)).unwrap();
+    let root = s.env.path("root");
+    std::fs::create_dir_all(&root).unwrap();
+    // The shell moves itself into the cgroup, then becomes prewarm.
+    let child = Command::new("sh")
+        .arg("-c")
+        .arg("echo $$ > \"$0/cgroup.procs\" && exec \"$@\"")
+        .arg(&own.dir)
+        .arg(env!("CARGO_BIN_EXE_prewarm"))
+        .arg("--config-root")
+        .arg(&root)
+        .args(["pull", "--config", s.capped.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_capped(&s);
+    testbed::poll_until(
+        "the cap on prewarm's own cgroup",
+        Duration::from_secs(30),
+        || {
+            Ok(
+                (own.value(BPS, &s.dev) == Some(3 << 20) && own.value(IOPS, &s.dev) == Some(200))
+                    .then_some(()),
+            )
+        },
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(exit_code(&out), 0);
+    assert_restored(&s);
+    assert_eq!(own.value(BPS, &s.dev), None);
+    assert_eq!(
+        own.value(IOPS, &s.dev),
+        Some(777),
+        "its earlier rule is back"
+    );
+    assert!(!s.env.path("iocap-own-state.json").exists());
+    let cap = s.env.report().io_cap.expect("the report describes the cap");
+    assert_eq!(cap.own_cgroup, Some(own.dir.display().to_string()));
+}
+
 /// Pulls three layers that unpack to 8 MiB each but compress to almost
 /// nothing, under `write-bandwidth = 4MiB/s`, unpacked by `unpack`: the
 /// capped fsync of the downloads costs no time, so only pacing the unpacks
