@@ -411,3 +411,50 @@ async fn plan_and_status_as_json() {
     );
     assert_eq!(seen["image_id"], img.manifests[0].config_digest.as_str());
 }
+
+/// On an interactive terminal (a pty, through util-linux's `script`), the
+/// pull draws a bar with bytes, rate and images instead of progress lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminal_gets_a_bar() {
+    let env = Env::start();
+    let img = push(
+        &env.registry.host(),
+        "bar/app:1",
+        &[linux("amd64", None, layers(740, &[Gzip], 4 << 20))],
+        Format::Oci,
+        &env.path("images"),
+    );
+    let config = env.config_with(
+        &[(&img.reference, true)],
+        "",
+        "[throttle]\nbandwidth = \"8MiB/s\"\n",
+    );
+    let root = env.path("root");
+    std::fs::create_dir_all(&root).unwrap();
+    let line = format!(
+        "{} --config-root {} pull --config {}",
+        env!("CARGO_BIN_EXE_prewarm"),
+        root.display(),
+        config.display()
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .output()
+        .expect("script (util-linux)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        seen.contains("images 1/1") && seen.contains("MiB/s"),
+        "{seen}"
+    );
+    assert!(seen.contains("] 100%"), "{seen}");
+    assert!(
+        !seen.contains("INFO progress "),
+        "no progress lines: {seen}"
+    );
+    assert_eq!(env.report().images[0].status, ImageStatus::Pulled);
+}

@@ -210,9 +210,14 @@ impl Engine {
         let free = || self.reserve.disk.usage().ok().map(|u| u.available);
         let free_before = free();
         let metrics = self.settings.pull.metrics_file.as_deref();
+        // On a terminal, a bar redrawn often; else a line at the interval.
+        let bar = super::progress::Bar::on_terminal();
         let show = |p: &Progress| {
             let line = p.to_string();
-            tracing::info!("{line}");
+            match &bar {
+                Some(bar) => bar.show(p),
+                None => tracing::info!("{line}"),
+            }
             crate::systemd::notify(&format!("STATUS={line}"));
             if let Some(path) = metrics {
                 crate::metrics::write(path, &crate::metrics::render_progress(p));
@@ -221,10 +226,17 @@ impl Engine {
         let bounds = Bounds {
             concurrency: self.settings.pull.concurrency.get() as usize,
             deadline: self.settings.pull.deadline,
-            progress_every: self.settings.pull.progress_interval,
+            progress_every: if bar.is_some() {
+                super::progress::BAR_EVERY
+            } else {
+                self.settings.pull.progress_interval
+            },
             progress: &show,
         };
         let (images, interrupted) = run_bounded(&self.planner(&sources), self, &bounds, stop).await;
+        if let Some(bar) = &bar {
+            bar.finish();
+        }
         let summary = Summary::of(&images, started.elapsed().as_secs_f64());
         Report {
             version: 1,

@@ -1,5 +1,6 @@
 //! A run's progress, as one line: logged (stderr, so journald under
-//! systemd) and sent as systemd's `STATUS=` at `[pull] progress-interval`.
+//! systemd) and sent as systemd's `STATUS=` at `[pull] progress-interval`;
+//! on an interactive terminal, a bar instead ([`Bar`]).
 
 use std::fmt;
 use std::time::Duration;
@@ -98,5 +99,48 @@ mod tests {
             idle.to_string(),
             "progress 0% 0/840 MiB 0.0 MiB/s eta - images 0/5"
         );
+    }
+}
+
+/// How often the bar is redrawn on a terminal.
+pub const BAR_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// The progress bar `prewarm pull` draws when stderr is a terminal, in
+/// place of the progress lines.
+pub struct Bar(indicatif::ProgressBar);
+
+impl Bar {
+    /// A bar, when stderr is an interactive terminal.
+    pub fn on_terminal() -> Option<Bar> {
+        use std::io::IsTerminal;
+        if !std::io::stderr().is_terminal() {
+            return None;
+        }
+        let bar = indicatif::ProgressBar::new(0);
+        let style = indicatif::ProgressStyle::with_template(
+            "{spinner} [{bar:30}] {percent:>3}% {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {msg}",
+        )
+        .ok()?
+        .progress_chars("=> ");
+        bar.set_style(style);
+        Some(Bar(bar))
+    }
+
+    pub fn show(&self, p: &Progress) {
+        self.0.set_length(p.total.max(p.done));
+        self.0.set_position(p.done);
+        let pulling = if p.in_flight.is_empty() {
+            String::new()
+        } else {
+            format!(" (pulling {})", p.in_flight.join(", "))
+        };
+        self.0.set_message(format!(
+            "images {}/{}{pulling}",
+            p.images_done, p.images_total
+        ));
+    }
+
+    pub fn finish(&self) {
+        self.0.finish();
     }
 }
