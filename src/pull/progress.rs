@@ -66,42 +66,6 @@ impl fmt::Display for Progress {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn at(done: u64, images_done: usize) -> Progress {
-        Progress {
-            done,
-            total: 840 << 20,
-            rate: 48.1 * MIB,
-            images_done,
-            images_total: 5,
-            in_flight: vec!["model:1.2".into()],
-        }
-    }
-
-    #[test]
-    fn the_line() {
-        assert_eq!(
-            at(312 << 20, 2).to_string(),
-            "progress 37% 312/840 MiB 48.1 MiB/s eta 11s images 2/5 (pulling model:1.2)"
-        );
-        // Counted twice (a retry) is still not done.
-        assert_eq!(at(900 << 20, 4).percent(), 99);
-        assert_eq!(at(900 << 20, 5).percent(), 100);
-        let idle = Progress {
-            rate: 0.0,
-            in_flight: Vec::new(),
-            ..at(0, 0)
-        };
-        assert_eq!(
-            idle.to_string(),
-            "progress 0% 0/840 MiB 0.0 MiB/s eta - images 0/5"
-        );
-    }
-}
-
 /// How often the bar is redrawn on a terminal.
 pub const BAR_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
 
@@ -142,5 +106,41 @@ impl Bar {
 
     pub fn finish(&self) {
         self.0.finish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(done: u64, images_done: usize) -> Progress {
+        Progress {
+            done,
+            total: 840 << 20,
+            rate: 48.1 * MIB,
+            images_done,
+            images_total: 5,
+            in_flight: vec!["model:1.2".into()],
+        }
+    }
+
+    #[test]
+    fn the_line() {
+        assert_eq!(
+            at(312 << 20, 2).to_string(),
+            "progress 37% 312/840 MiB 48.1 MiB/s eta 11s images 2/5 (pulling model:1.2)"
+        );
+        // Counted twice (a retry) is still not done.
+        assert_eq!(at(900 << 20, 4).percent(), 99);
+        assert_eq!(at(900 << 20, 5).percent(), 100);
+        let idle = Progress {
+            rate: 0.0,
+            in_flight: Vec::new(),
+            ..at(0, 0)
+        };
+        assert_eq!(
+            idle.to_string(),
+            "progress 0% 0/840 MiB 0.0 MiB/s eta - images 0/5"
+        );
     }
 }
