@@ -145,7 +145,11 @@ fn run() -> Result<()> {
         Ok(status.code().unwrap_or(-1))
     };
     step("prewarm register (before kubelet: the startup taint in kubelet's drop-in)");
+    // The boot's timeline, from the start stamp register writes.
+    let t0 = std::time::Instant::now();
+    let mut timeline: Vec<(&str, std::time::Duration)> = Vec::new();
     let registered = run(&["register"])?;
+    timeline.push(("register done (the start stamp: 0)", t0.elapsed()));
     let dropin = dropins.join("99-prewarm.conf");
     println!("--- {}", dropin.display());
     print!("{}", std::fs::read_to_string(&dropin).unwrap_or_default());
@@ -153,6 +157,7 @@ fn run() -> Result<()> {
     run(&["plan"])?;
     step("prewarm pull (bandwidth capped at 20 MiB/s, a progress line every second)");
     let code = run(&["pull"])?;
+    timeline.push(("pull done", t0.elapsed()));
     step(&format!("report ({})", report.display()));
     print!("{}", std::fs::read_to_string(&report)?);
     step("prewarm status (kubelet's view through CRI)");
@@ -162,6 +167,7 @@ fn run() -> Result<()> {
     let text = std::fs::read_to_string(&dropin)?;
     let doc: serde_yaml::Value = serde_yaml::from_str(&text)?;
     let taints = serde_json::to_value(&doc["registerWithTaints"])?;
+    timeline.push(("Node registered", t0.elapsed()));
     api.create_node(serde_json::json!({
         "apiVersion": "v1",
         "kind": "Node",
@@ -172,6 +178,7 @@ fn run() -> Result<()> {
     show_node(&api, "taints")?;
     step("prewarm untaint (after kubelet: the node is handed over)");
     let untainted = run(&["untaint"])?;
+    timeline.push(("untainted: schedulable", t0.elapsed()));
     show_node(&api, "taints now")?;
     let node = api.node(NODE).context("the node")?;
     if let Some(a) = node.pointer("/metadata/annotations/prewarm.io~1preload") {
@@ -204,6 +211,10 @@ fn run() -> Result<()> {
             "prewarm exited {registered} (register), {code} (pull), {status} (status), \
              {untainted} (untaint), {again} (pull again); taint left: {left}"
         );
+    }
+    step("the boot's timeline");
+    for (what, at) in &timeline {
+        println!("  {:>7.2} s  {what}", at.as_secs_f64());
     }
     println!("\ndemo done; tearing down containerd and the registry");
     Ok(())
