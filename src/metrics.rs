@@ -273,7 +273,13 @@ fn run(t: &mut Text, report: &Report) {
 pub fn write(path: &Path, text: &str) {
     let dir = path.parent().unwrap_or(Path::new("."));
     if !dir.is_dir() {
-        tracing::debug!(path = %path.display(), "no metrics file: its directory does not exist");
+        static NOTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if !NOTED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::info!(
+                path = %path.display(),
+                "no metrics file: its directory does not exist (no node_exporter textfile collector)"
+            );
+        }
         return;
     }
     if let Err(e) = crate::atomic::write_atomic(path, text.as_bytes()) {

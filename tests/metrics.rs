@@ -148,4 +148,7 @@ async fn no_node_exporter_no_file() {
     let out = env.prewarm(&["pull", "--config", config.to_str().unwrap()]);
     assert_eq!(exit_code(&out), 0);
     assert!(!file.exists() && !file.parent().unwrap().exists());
+    // Said once, not at every progress line.
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(said.matches("no metrics file").count(), 1, "{said}");
 }
