@@ -159,7 +159,8 @@ impl Engine {
     /// `prewarm plan`: what a pull would do, without writing anything.
     pub async fn plan(&self) -> Result<Vec<PlannedImage>, crate::disk::DiskError> {
         let sources = |r: &Reference| self.source_for(r);
-        self.planner(&sources).plan().await
+        let until = tokio::time::Instant::now() + self.settings.pull.deadline;
+        self.planner(&sources).plan(Some(until)).await
     }
 
     /// The disk budget now.
@@ -789,7 +790,7 @@ pub async fn run_bounded(
     let mut received: Vec<AtomicU64> = Vec::new();
     let interrupted = {
         let work = async {
-            planned = match planner.plan().await {
+            planned = match planner.plan(None).await {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::error!(error = %crate::error_chain(&e), "reading disk usage");

@@ -50,11 +50,35 @@ impl Planner<'_> {
         })
     }
 
-    /// Resolves every listed image and checks which are present.
-    async fn prepare(&self) -> Vec<Prepared> {
+    /// Resolves every listed image and checks which are present; an image
+    /// not prepared by `until` fails with the deadline as its reason.
+    async fn prepare(&self, until: Option<tokio::time::Instant>) -> Vec<Prepared> {
         let n = self.settings.pull.concurrency.get() as usize * 2;
+        let deadline = self.settings.pull.deadline;
         let prepared = futures_util::stream::iter(self.settings.images.iter())
             .map(|entry| async move {
+                let one = self.prepare_one(entry);
+                match until {
+                    Some(until) => tokio::time::timeout_at(until, one)
+                        .await
+                        .unwrap_or_else(|_| {
+                            Prepared::Failed(format!(
+                                "deadline of {deadline:?} passed while resolving"
+                            ))
+                        }),
+                    None => one.await,
+                }
+            })
+            .buffered(n.max(1))
+            .collect::<Vec<_>>()
+            .await;
+        merge_same_images(prepared)
+    }
+
+    /// Resolves one listed image and checks whether it is present.
+    async fn prepare_one(&self, entry: &crate::config::ImageEntry) -> Prepared {
+        {
+            {
                 let source = (self.sources)(&entry.reference);
                 let mut r = match self.resolver.resolve(entry, source).await {
                     Ok(r) => r,
@@ -80,17 +104,19 @@ impl Planner<'_> {
                     }
                     Err(e) => Prepared::Failed(crate::error_chain(&e)),
                 }
-            })
-            .buffered(n.max(1))
-            .collect::<Vec<_>>()
-            .await;
-        merge_same_images(prepared)
+            }
+        }
     }
 
     /// Resolves, takes stock and plans every listed image, without
     /// writing anything: what `prewarm plan` shows and `prewarm pull` does.
-    pub async fn plan(&self) -> Result<Vec<PlannedImage>, crate::disk::DiskError> {
-        let prepared = self.prepare().await;
+    /// Bounded by `until` (`prewarm plan`: the run's deadline from its
+    /// start; `pull` bounds the whole run itself).
+    pub async fn plan(
+        &self,
+        until: Option<tokio::time::Instant>,
+    ) -> Result<Vec<PlannedImage>, crate::disk::DiskError> {
+        let prepared = self.prepare(until).await;
         let budget = self.budget()?;
         Ok(self.decide(prepared, budget))
     }
@@ -228,8 +254,36 @@ mod tests {
         let mut w = World::new(images, reg, free);
         w.store = store;
         let sources = w.sources();
-        let planned = w.planner(&sources).plan().await;
+        let planned = w.planner(&sources).plan(None).await;
         planned.expect("a fake disk is always read")
+    }
+
+    /// `prewarm plan` against a registry that never answers for one image
+    /// ends at the deadline: that image fails with it, the other is planned.
+    #[tokio::test(start_paused = true)]
+    async fn a_plan_ends_at_its_deadline() {
+        let mut reg = FakeRegistry::default();
+        reg.push(&format!("{REG}/fast:1"), &[&[1u8; 100]]);
+        reg.push(&format!("{REG}/slow:1"), &[&[2u8; 100]]);
+        reg.hang.insert(format!("{REG}/slow:1"));
+        let w = World::new(
+            &[
+                &format!("ref = \"{REG}/fast:1\""),
+                &format!("ref = \"{REG}/slow:1\""),
+            ],
+            reg,
+            1 << 30,
+        );
+        let sources = w.sources();
+        let t0 = tokio::time::Instant::now();
+        let until = t0 + std::time::Duration::from_secs(30);
+        let planned = w.planner(&sources).plan(Some(until)).await.unwrap();
+        assert_eq!(tokio::time::Instant::now(), until, "not a moment past it");
+        let slow = find(&planned, &format!("{REG}/slow:1"));
+        let why = slow.decision.clone().unwrap_err();
+        assert!(why.contains("passed while resolving"), "{why}");
+        let fast = find(&planned, &format!("{REG}/fast:1"));
+        assert_eq!(fast.decision, Ok(crate::plan::Decision::Pull));
     }
 
     fn find<'a>(planned: &'a [PlannedImage], reference: &str) -> &'a PlannedImage {
@@ -322,11 +376,11 @@ mod tests {
         let mut w = World::new(&[&format!("ref = \"{REG}/app:2\"")], reg, 1 << 30);
         w.store = store;
         let sources = w.sources();
-        let kept = w.planner(&sources).plan().await.unwrap();
+        let kept = w.planner(&sources).plan(None).await.unwrap();
         // Kept blobs: the base's blob is fetched again, 200 kB more.
         assert!(kept[0].need >= 220_000, "{}", kept[0].need);
         w.settings.pull.keep_layers = false;
-        let discarded = w.planner(&sources).plan().await.unwrap();
+        let discarded = w.planner(&sources).plan(None).await.unwrap();
         assert!(
             discarded[0].need >= 20_000 && discarded[0].need < 30_000,
             "{}",
