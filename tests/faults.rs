@@ -346,3 +346,44 @@ async fn containerd_restarted_mid_pull_is_waited_for() {
     );
     env.assert_visible_as(&reference, &img, 0).await;
 }
+
+/// containerd stopped mid-pull and not back before the deadline: the run
+/// waits for it until then, writes its report, and exits 4 (containerd
+/// unreachable), not 3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containerd_gone_for_good_exits_4() {
+    let mut env = Env::start();
+    let img = push(
+        &env.registry.host(),
+        "gone/app:1",
+        &[linux("amd64", None, layers(510, &[Gzip], 3 << 20))],
+        Format::Oci,
+        &env.path("images"),
+    );
+    let proxy = proxied(&env);
+    proxy.throttle(Some(1 << 20));
+    let reference = via(&proxy, &img);
+    let config = env.config_with(&[(&reference, true)], "retries = 1\ndeadline = \"8s\"", "");
+    let log = env.path("gone.log");
+    let mut child = env.spawn_prewarm_logging(
+        &["pull", "--config", config.to_str().unwrap()],
+        std::fs::File::create(&log).unwrap(),
+    );
+    testbed::poll_until(
+        "the layer's download under way",
+        std::time::Duration::from_secs(60),
+        || Ok((proxy.bytes_sent_for("/blobs/") > 256 << 10).then_some(())),
+    )
+    .unwrap();
+    env.containerd.stop();
+    let status = testbed::poll_until("the run to end", std::time::Duration::from_secs(60), || {
+        Ok(child.try_wait()?)
+    })
+    .unwrap();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(status.code(), Some(4), "{text}");
+    assert!(text.contains("containerd does not answer"), "{text}");
+    let report = env.report();
+    assert_eq!(report.images[0].status, ImageStatus::Failed);
+    assert_eq!(report.summary.required_missing, 1);
+}
