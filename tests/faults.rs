@@ -387,3 +387,64 @@ async fn containerd_gone_for_good_exits_4() {
     assert_eq!(report.images[0].status, ImageStatus::Failed);
     assert_eq!(report.summary.required_missing, 1);
 }
+
+/// A registry that stops sending in the middle of a layer and holds the
+/// connection open: given up after read-timeout, and the layer resumes
+/// from what containerd's ingest holds (Range), while it is unpacked in the
+/// same pass; the image ends whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_that_stalls_mid_body_is_given_up_and_resumed() {
+    let env = Env::start();
+    let img = push(
+        &env.registry.host(),
+        "stall/app:1",
+        &[linux("amd64", None, layers(520, &[Gzip], 4 << 20))],
+        Format::Oci,
+        &env.path("images"),
+    );
+    let layer = img.manifests[0].layer_digests[0].clone();
+    let proxy = proxied(&env);
+    proxy.stall_next(&format!("blobs/{layer}"), 1);
+    let dropin = env.path("root/etc/prewarm/config.d");
+    std::fs::create_dir_all(&dropin).unwrap();
+    std::fs::write(
+        dropin.join("60-timeout.toml"),
+        "version = 1\n[registry]\nread-timeout = \"1s\"\n",
+    )
+    .unwrap();
+    let reference = via(&proxy, &img);
+    let config = env.config(&[(&reference, true)], "");
+    let started = std::time::Instant::now();
+    let out = env.prewarm(&["pull", "--config", config.to_str().unwrap()]);
+    assert_eq!(
+        exit_code(&out),
+        0,
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(25),
+        "not the 30 s stall"
+    );
+    let gets: Vec<_> = proxy
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.contains(layer.as_str()) && r.method == "GET")
+        .collect();
+    let resumed = gets
+        .iter()
+        .filter_map(|r| r.range.as_deref())
+        .filter(|v| v.ends_with('-'))
+        .filter_map(|v| {
+            v.trim_start_matches("bytes=")
+                .trim_end_matches('-')
+                .parse::<u64>()
+                .ok()
+        })
+        .any(|from| from > 0);
+    assert!(
+        resumed,
+        "resumed with a Range from the stored offset: {gets:?}"
+    );
+    env.assert_visible_as(&reference, &img, 0).await;
+}

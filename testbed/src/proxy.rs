@@ -35,6 +35,8 @@ enum Action {
     Truncate,
     /// Read the request and answer nothing, for a while.
     Hang,
+    /// Send half the body, then nothing more, for a while.
+    Stall,
 }
 
 struct Rule {
@@ -151,6 +153,14 @@ impl FaultProxy {
         self.add(path_contains, count, Action::Fail(status, Some(seconds)));
     }
 
+    /// Forwards the next `count` matching requests without a `Range` (whole
+    /// bodies, not probes) but stops sending after half of each body,
+    /// holding the connection open for 30 seconds (a server that hangs
+    /// mid-body).
+    pub fn stall_next(&self, path_contains: &str, count: usize) {
+        self.add(path_contains, count, Action::Stall);
+    }
+
     /// Reads the next `count` matching requests and answers nothing for
     /// 30 seconds (a server that hangs), then closes the connection.
     pub fn hang_next(&self, path_contains: &str, count: usize) {
@@ -263,7 +273,13 @@ fn serve(client: TcpStream, upstream: SocketAddr, state: &Mutex<State>) -> Resul
         let action = s
             .rules
             .iter_mut()
-            .find(|r| r.remaining > 0 && path.contains(&r.path_contains))
+            .find(|r| {
+                r.remaining > 0
+                    && path.contains(&r.path_contains)
+                    // A stall is for a body being downloaded, not a probe
+                    // of a few bytes.
+                    && !(matches!(r.action, Action::Stall) && req.get("range").is_some())
+            })
             .map(|r| {
                 r.remaining -= 1;
                 r.action
@@ -338,7 +354,7 @@ fn serve(client: TcpStream, upstream: SocketAddr, state: &Mutex<State>) -> Resul
         ],
     )?;
     let mid = len / 2;
-    let limit = if matches!(action, Some(Action::Truncate)) {
+    let limit = if matches!(action, Some(Action::Truncate) | Some(Action::Stall)) {
         mid
     } else {
         len
@@ -380,5 +396,8 @@ fn serve(client: TcpStream, upstream: SocketAddr, state: &Mutex<State>) -> Resul
         }
     }
     out.flush()?;
+    if matches!(action, Some(Action::Stall)) {
+        std::thread::sleep(Duration::from_secs(30));
+    }
     Ok(())
 }
