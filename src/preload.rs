@@ -30,8 +30,7 @@ pub struct Plan {
 /// `prewarm plan`: resolves and plans without writing anything.
 pub async fn plan(settings: Settings) -> anyhow::Result<Plan> {
     let (engine, lists) = connect_with_lists(settings).await?;
-    let budget = engine.budget()?;
-    let images = engine.plan().await?;
+    let (budget, images) = engine.plan().await?;
     let planned: u64 = images
         .iter()
         .filter(|i| matches!(i.decision, Ok(crate::plan::Decision::Pull)))

@@ -157,10 +157,10 @@ impl Engine {
     }
 
     /// `prewarm plan`: what a pull would do, without writing anything.
-    pub async fn plan(&self) -> Result<Vec<PlannedImage>, crate::disk::DiskError> {
+    pub async fn plan(&self) -> Result<(plan::Budget, Vec<PlannedImage>), crate::disk::DiskError> {
         let sources = |r: &Reference| self.source_for(r);
         let until = tokio::time::Instant::now() + self.settings.pull.deadline;
-        self.planner(&sources).plan(Some(until)).await
+        self.planner(&sources).plan_with_budget(Some(until)).await
     }
 
     /// The disk budget now.

@@ -116,9 +116,18 @@ impl Planner<'_> {
         &self,
         until: Option<tokio::time::Instant>,
     ) -> Result<Vec<PlannedImage>, crate::disk::DiskError> {
+        Ok(self.plan_with_budget(until).await?.1)
+    }
+
+    /// [`Planner::plan`], with the disk budget it planned against (read
+    /// once, so that what `prewarm plan` shows is what it decided on).
+    pub async fn plan_with_budget(
+        &self,
+        until: Option<tokio::time::Instant>,
+    ) -> Result<(Budget, Vec<PlannedImage>), crate::disk::DiskError> {
         let prepared = self.prepare(until).await;
         let budget = self.budget()?;
-        Ok(self.decide(prepared, budget))
+        Ok((budget, self.decide(prepared, budget)))
     }
 
     fn decide(&self, prepared: Vec<Prepared>, budget: Budget) -> Vec<PlannedImage> {
