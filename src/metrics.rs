@@ -8,7 +8,6 @@
 //! with a note.
 
 use crate::node::untaint::Record;
-use crate::pull::progress::Progress;
 use crate::report::{ImageStatus, Report};
 use std::fmt::Write as _;
 use std::path::Path;
@@ -88,8 +87,16 @@ fn status_name(s: ImageStatus) -> &'static str {
     }
 }
 
+/// Where a running pull stands.
+pub struct Running {
+    pub bytes: u64,
+    pub planned_bytes: u64,
+    pub images: usize,
+    pub planned_images: usize,
+}
+
 /// A run in progress.
-pub fn render_progress(p: &Progress) -> String {
+pub fn render_progress(p: &Running) -> String {
     let mut t = Text::default();
     t.gauge(
         "prewarm_pull_running",
@@ -99,22 +106,22 @@ pub fn render_progress(p: &Progress) -> String {
     t.gauge(
         "prewarm_pull_progress_bytes",
         "Bytes downloaded so far in the running pull.",
-        p.done as f64,
+        p.bytes as f64,
     );
     t.gauge(
         "prewarm_pull_planned_bytes",
         "Bytes the running pull plans to download.",
-        p.total as f64,
+        p.planned_bytes as f64,
     );
     t.gauge(
         "prewarm_pull_progress_images",
         "Images done so far in the running pull.",
-        p.images_done as f64,
+        p.images as f64,
     );
     t.gauge(
         "prewarm_pull_planned_images",
         "Images the running pull has to do.",
-        p.images_total as f64,
+        p.planned_images as f64,
     );
     t.0
 }

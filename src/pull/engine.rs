@@ -221,7 +221,13 @@ impl Engine {
             }
             crate::systemd::notify(&format!("STATUS={line}"));
             if let Some(path) = metrics {
-                crate::metrics::write(path, &crate::metrics::render_progress(p));
+                let running = crate::metrics::Running {
+                    bytes: p.done,
+                    planned_bytes: p.total,
+                    images: p.images_done,
+                    planned_images: p.images_total,
+                };
+                crate::metrics::write(path, &crate::metrics::render_progress(&running));
             }
         };
         let bounds = Bounds {
