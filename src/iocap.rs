@@ -465,13 +465,9 @@ impl IoCap {
 
     /// For the report.
     pub fn describe(&self, limits: IoLimits) -> IoCapReport {
-        let (cgroup, note) = match &self.saved.target {
-            Target::V1 { dir } => (dir.display().to_string(), Some(v1_note(limits))),
-            Target::V2 { dir } => (dir.display().to_string(), None),
-            Target::Systemd { unit, .. } => (format!("systemd unit {unit}"), None),
-        };
+        let note = matches!(self.saved.target, Target::V1 { .. }).then(|| v1_note(limits));
         IoCapReport {
-            cgroup,
+            cgroup: self.name(),
             device: self.saved.device.to_string(),
             write_bps: limits.write_bps,
             write_iops: limits.write_iops,
