@@ -38,6 +38,7 @@ pub mod digest;
 pub mod disk;
 pub mod estimate;
 pub mod extract;
+pub mod failpoint;
 pub mod gc;
 pub mod iocap;
 pub mod labels;

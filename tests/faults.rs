@@ -448,3 +448,89 @@ async fn a_registry_that_stalls_mid_body_is_given_up_and_resumed() {
     );
     env.assert_visible_as(&reference, &img, 0).await;
 }
+
+/// kill -9 while the image records are written (after the tag's record,
+/// before the digest's and the image ID's; a debug build's failpoint holds
+/// the run there): the re-run finds the image not present, writes every
+/// record, and downloads no blob again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_between_records_then_a_rerun_writes_them_all() {
+    let env = Env::start();
+    let img = push(
+        &env.registry.host(),
+        "records/app:1",
+        &[linux("amd64", None, layers(530, &[Gzip, Zstd], 1 << 20))],
+        Format::Oci,
+        &env.path("images"),
+    );
+    let proxy = proxied(&env);
+    let reference = via(&proxy, &img);
+    let config = env.config(&[(&reference, true)], "");
+    let args = ["pull", "--config", config.to_str().unwrap()];
+    let marker = env.path("failpoint");
+    let mut child = env.spawn_prewarm_env(
+        &args,
+        &[
+            ("PREWARM_FAILPOINT", "between-records".as_ref()),
+            ("PREWARM_FAILPOINT_FILE", marker.as_os_str()),
+        ],
+        std::process::Stdio::null(),
+    );
+    testbed::poll_until(
+        "the run at the failpoint",
+        std::time::Duration::from_secs(60),
+        || Ok(marker.exists().then_some(())),
+    )
+    .unwrap();
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+
+    let client = env.client().await;
+    let parsed = prewarm::reference::Reference::parse(&reference).unwrap();
+    let manifest = &img.manifests[0];
+    let tag = parsed.tag_name().unwrap();
+    let by_digest = parsed.digest_name(&manifest.digest);
+    assert!(
+        client.image_get(&tag).await.unwrap().is_some(),
+        "the tag's record was written"
+    );
+    assert!(
+        client.image_get(&by_digest).await.unwrap().is_none(),
+        "killed before the digest's record"
+    );
+    let layer_gets = || {
+        proxy
+            .requests()
+            .into_iter()
+            .filter(|r| {
+                r.method == "GET"
+                    && manifest
+                        .layer_digests
+                        .iter()
+                        .any(|l| r.path.contains(l.as_str()))
+            })
+            .count()
+    };
+    let fetched = layer_gets();
+    assert!(fetched >= manifest.layer_digests.len(), "{fetched}");
+
+    let out = env.prewarm(&args);
+    assert_eq!(
+        exit_code(&out),
+        0,
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Not present (two records missing), so pulled: with nothing to
+    // download.
+    let report = env.report();
+    assert_eq!(report.images[0].status, ImageStatus::Pulled);
+    assert_eq!(report.images[0].bytes, 0);
+    assert_eq!(
+        layer_gets(),
+        fetched,
+        "no blob downloaded again: {:?}",
+        proxy.requests()
+    );
+    env.assert_visible_as(&reference, &img, 0).await;
+}

@@ -203,23 +203,25 @@ fn cap_left_by_kill_9_is_restored_at_the_next_start() {
     assert_restored(&s);
 }
 
-/// prewarm in a cgroup of its own (as under prewarm.service): the layers it
-/// unpacks itself are its own writes, so its cgroup gets the cap too for
-/// the run, and its earlier limits back after.
-#[test]
-fn prewarm_s_own_cgroup_is_capped_for_the_layers_it_writes() {
-    let s = setup("pw-own-c");
+/// A blkio cgroup for prewarm alone (as prewarm.service gives it), with an
+/// IOPS rule of its own set before prewarm runs.
+fn own_cgroup(s: &Setup, name: &str) -> Blkio {
     let own = Blkio {
-        dir: Path::new("/sys/fs/cgroup/blkio").join(format!("pw-own-{}", std::process::id())),
+        dir: Path::new("/sys/fs/cgroup/blkio").join(format!("{name}-{}", std::process::id())),
         // Nothing to move back: prewarm has exited by then.
         pid: 0,
     };
     std::fs::create_dir_all(&own.dir).unwrap();
     std::fs::write(own.dir.join(IOPS), format!("{} 777", s.dev)).unwrap();
+    own
+}
+
+/// `prewarm pull` of the capped config, started in `own`.
+fn spawn_pull_in(s: &Setup, own: &Blkio) -> Child {
     let root = s.env.path("root");
     std::fs::create_dir_all(&root).unwrap();
     // The shell moves itself into the cgroup, then becomes prewarm.
-    let child = Command::new("sh")
+    Command::new("sh")
         .arg("-c")
         .arg("echo $$ > \"$0/cgroup.procs\" && exec \"$@\"")
         .arg(&own.dir)
@@ -230,8 +232,10 @@ fn prewarm_s_own_cgroup_is_capped_for_the_layers_it_writes() {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap();
-    wait_capped(&s);
+        .unwrap()
+}
+
+fn wait_own_capped(s: &Setup, own: &Blkio) {
     testbed::poll_until(
         "the cap on prewarm's own cgroup",
         Duration::from_secs(30),
@@ -243,9 +247,9 @@ fn prewarm_s_own_cgroup_is_capped_for_the_layers_it_writes() {
         },
     )
     .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(exit_code(&out), 0);
-    assert_restored(&s);
+}
+
+fn assert_own_restored(s: &Setup, own: &Blkio) {
     assert_eq!(own.value(BPS, &s.dev), None);
     assert_eq!(
         own.value(IOPS, &s.dev),
@@ -253,8 +257,48 @@ fn prewarm_s_own_cgroup_is_capped_for_the_layers_it_writes() {
         "its earlier rule is back"
     );
     assert!(!s.env.path("iocap-own-state.json").exists());
+}
+
+/// prewarm in a cgroup of its own (as under prewarm.service): the layers it
+/// unpacks itself are its own writes, so its cgroup gets the cap too for
+/// the run, and its earlier limits back after.
+#[test]
+fn prewarm_s_own_cgroup_is_capped_for_the_layers_it_writes() {
+    let s = setup("pw-own-c");
+    let own = own_cgroup(&s, "pw-own");
+    let child = spawn_pull_in(&s, &own);
+    wait_capped(&s);
+    wait_own_capped(&s, &own);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(exit_code(&out), 0);
+    assert_restored(&s);
+    assert_own_restored(&s, &own);
     let cap = s.env.report().io_cap.expect("the report describes the cap");
     assert_eq!(cap.own_cgroup, Some(own.dir.display().to_string()));
+}
+
+/// kill -9 with the cap on prewarm's own cgroup: both caps stay, with their
+/// state files; the next run, from another cgroup and with no cap
+/// configured, puts both cgroups' earlier limits back.
+#[test]
+fn own_cgroup_cap_left_by_kill_9_is_restored_at_the_next_start() {
+    let s = setup("pw-own-k");
+    let own = own_cgroup(&s, "pw-own-k9");
+    let mut child = spawn_pull_in(&s, &own);
+    wait_capped(&s);
+    wait_own_capped(&s, &own);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(own.value(BPS, &s.dev), Some(3 << 20), "nothing cleaned up");
+    assert!(s.env.path("iocap-own-state.json").exists());
+    s.proxy.throttle(None);
+    let plain = s.env.config(&[(&s.reference, true)], "");
+    let out = s
+        .env
+        .prewarm(&["pull", "--config", plain.to_str().unwrap()]);
+    assert_eq!(exit_code(&out), 0);
+    assert_restored(&s);
+    assert_own_restored(&s, &own);
 }
 
 /// Pulls three layers that unpack to 8 MiB each but compress to almost

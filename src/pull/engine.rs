@@ -667,7 +667,10 @@ impl Engine {
             labels.insert(PREWARM_PINNED_LABEL.into(), "true".into());
         }
         labels.insert(PREWARM_LABEL.into(), "true".into());
-        for record in r.record_names() {
+        for (i, record) in r.record_names().into_iter().enumerate() {
+            if i == 1 {
+                crate::failpoint::pause("between-records");
+            }
             self.containerd
                 .image_put(&record, &r.top().desc, &labels)
                 .await?;

@@ -77,34 +77,30 @@ impl Planner<'_> {
 
     /// Resolves one listed image and checks whether it is present.
     async fn prepare_one(&self, entry: &crate::config::ImageEntry) -> Prepared {
-        {
-            {
-                let source = (self.sources)(&entry.reference);
-                let mut r = match self.resolver.resolve(entry, source).await {
-                    Ok(r) => r,
-                    Err(e) => return Prepared::Failed(crate::error_chain(&e)),
-                };
-                let held = match inventory::held_digest(self.store, &entry.reference).await {
-                    Ok(h) => h,
-                    Err(e) => return Prepared::Failed(crate::error_chain(&e)),
-                };
-                match inventory::is_present(self.store, &r, self.settings.containerd.pin).await {
-                    Ok(present) => {
-                        if !present {
-                            self.resolver.read_unpacked_sizes(&mut r).await;
-                            if let Err(e) = inventory::take_stock(self.store, &mut r).await {
-                                return Prepared::Failed(crate::error_chain(&e));
-                            }
-                        }
-                        Prepared::Ready {
-                            r: Box::new(r),
-                            present,
-                            held,
-                        }
-                    }
-                    Err(e) => Prepared::Failed(crate::error_chain(&e)),
-                }
+        let source = (self.sources)(&entry.reference);
+        let mut r = match self.resolver.resolve(entry, source).await {
+            Ok(r) => r,
+            Err(e) => return Prepared::Failed(crate::error_chain(&e)),
+        };
+        let held = match inventory::held_digest(self.store, &entry.reference).await {
+            Ok(h) => h,
+            Err(e) => return Prepared::Failed(crate::error_chain(&e)),
+        };
+        let present =
+            match inventory::is_present(self.store, &r, self.settings.containerd.pin).await {
+                Ok(p) => p,
+                Err(e) => return Prepared::Failed(crate::error_chain(&e)),
+            };
+        if !present {
+            if let Err(e) = inventory::take_stock(self.store, &mut r).await {
+                return Prepared::Failed(crate::error_chain(&e));
             }
+            self.resolver.read_unpacked_sizes(&mut r).await;
+        }
+        Prepared::Ready {
+            r: Box::new(r),
+            present,
+            held,
         }
     }
 

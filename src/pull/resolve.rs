@@ -252,28 +252,35 @@ impl Resolver<'_> {
 
     /// Reads each layer's unpacked size from its compressed stream with a
     /// small Range request, where the format records it. Failures only
-    /// mean falling back to the configured ratio.
+    /// mean falling back to the configured ratio. Layers the store holds
+    /// unpacked (after [`super::inventory::take_stock`]) cost nothing and
+    /// are not asked about.
     pub async fn read_unpacked_sizes(&self, r: &mut Resolved) {
         let image = &r.entry.reference;
         let source = r.source.as_ref();
         let ratio = self.unpack_ratio;
-        let sizes = futures_util::future::join_all(r.layers.iter().map(|l| async move {
-            let size = l.size.max(0) as u64;
-            let fetch = |start: u64, len: u64| source.range(image, &l.digest, start, len);
-            match manifest::layer_compression(&l.media_type)? {
-                manifest::Compression::None => Some(size),
-                manifest::Compression::Gzip if size >= 4 => {
-                    let guess = plan::estimate_unpacked(size, true, ratio);
-                    crate::estimate::gzip_isize(&fetch(size - 4, 4).await?, size, guess)
+        let stored = &r.stored;
+        let sizes =
+            futures_util::future::join_all(r.layers.iter().enumerate().map(|(i, l)| async move {
+                if stored.get(i).is_some_and(|s| s.snapshot) {
+                    return None;
                 }
-                manifest::Compression::Zstd => {
-                    let len = crate::estimate::ZSTD_HEADER_MAX.min(size);
-                    crate::estimate::zstd_content_size(&fetch(0, len).await?, size)
+                let size = l.size.max(0) as u64;
+                let fetch = |start: u64, len: u64| source.range(image, &l.digest, start, len);
+                match manifest::layer_compression(&l.media_type)? {
+                    manifest::Compression::None => Some(size),
+                    manifest::Compression::Gzip if size >= 4 => {
+                        let guess = plan::estimate_unpacked(size, true, ratio);
+                        crate::estimate::gzip_isize(&fetch(size - 4, 4).await?, size, guess)
+                    }
+                    manifest::Compression::Zstd => {
+                        let len = crate::estimate::ZSTD_HEADER_MAX.min(size);
+                        crate::estimate::zstd_content_size(&fetch(0, len).await?, size)
+                    }
+                    manifest::Compression::Gzip => None,
                 }
-                manifest::Compression::Gzip => None,
-            }
-        }))
-        .await;
+            }))
+            .await;
         r.unpacked_sizes = sizes;
     }
 

@@ -100,12 +100,23 @@ impl Env {
         args: &[&str],
         log: impl Into<std::process::Stdio>,
     ) -> std::process::Child {
+        self.spawn_prewarm_env(args, &[], log)
+    }
+
+    /// [`Env::spawn_prewarm_logging`] with extra environment variables.
+    pub fn spawn_prewarm_env(
+        &self,
+        args: &[&str],
+        vars: &[(&str, &std::ffi::OsStr)],
+        log: impl Into<std::process::Stdio>,
+    ) -> std::process::Child {
         let root = self.path("root");
         std::fs::create_dir_all(&root).expect("config root");
         Command::new(env!("CARGO_BIN_EXE_prewarm"))
             .arg("--config-root")
             .arg(&root)
             .args(args)
+            .envs(vars.iter().copied())
             .stdout(std::process::Stdio::null())
             .stderr(log)
             .spawn()
