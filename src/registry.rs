@@ -169,8 +169,10 @@ pub enum RegistryError {
         /// `pull` or `resolve`.
         capability: &'static str,
     },
-    /// Connecting, sending, or receiving failed (including timeouts).
-    #[error("{image}: request to {url} failed")]
+    /// Connecting, sending, or receiving failed (including timeouts). The
+    /// message carries the innermost cause (a reset, a refused connect, a
+    /// timeout), which is what the operator needs to read in a retry's log.
+    #[error("{image}: request to {url} failed: {}", crate::error_chain(source))]
     Http {
         /// The image.
         image: String,
@@ -217,7 +219,10 @@ pub enum RegistryError {
         message: String,
     },
     /// The token realm could not be reached.
-    #[error("{image}: token request to {realm} failed")]
+    #[error(
+        "{image}: token request to {realm} failed: {}",
+        crate::error_chain(source)
+    )]
     TokenHttp {
         /// The image.
         image: String,

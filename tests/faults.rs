@@ -426,10 +426,16 @@ async fn a_registry_that_stalls_mid_body_is_given_up_and_resumed() {
         started.elapsed() < std::time::Duration::from_secs(25),
         "not the 30 s stall"
     );
+    assert_resumed_with_range(&proxy, &layer);
+    env.assert_visible_as(&reference, &img, 0).await;
+}
+
+/// The layer was asked for again with `Range: bytes=N-`, N > 0.
+fn assert_resumed_with_range(proxy: &testbed::FaultProxy, layer: &str) {
     let gets: Vec<_> = proxy
         .requests()
         .into_iter()
-        .filter(|r| r.path.contains(layer.as_str()) && r.method == "GET")
+        .filter(|r| r.path.contains(layer) && r.method == "GET")
         .collect();
     let resumed = gets
         .iter()
@@ -445,6 +451,50 @@ async fn a_registry_that_stalls_mid_body_is_given_up_and_resumed() {
     assert!(
         resumed,
         "resumed with a Range from the stored offset: {gets:?}"
+    );
+}
+
+/// A connection reset (RST) mid-body: the same run asks for the rest with
+/// `Range` from what the ingest holds, and ends with the image.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_reset_mid_body_is_resumed_in_the_same_run() {
+    let env = Env::start();
+    let img = push(
+        &env.registry.host(),
+        "reset/app:1",
+        &[linux("amd64", None, layers(540, &[Gzip, Zstd], 4 << 20))],
+        Format::Oci,
+        &env.path("images"),
+    );
+    let proxy = proxied(&env);
+    let layers = img.manifests[0].layer_digests.clone();
+    for layer in &layers {
+        proxy.reset_next(&format!("blobs/{layer}"), 1);
+    }
+    let reference = via(&proxy, &img);
+    let config = env.config(&[(&reference, true)], "");
+    let out = env.prewarm(&["pull", "--config", config.to_str().unwrap()]);
+    assert_eq!(
+        exit_code(&out),
+        0,
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A reset, not a clean close, and the log says so.
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("Connection reset by peer"), "{log}");
+    let report = env.report();
+    assert_eq!(report.images[0].status, ImageStatus::Pulled);
+    for layer in &layers {
+        assert_resumed_with_range(&proxy, layer);
+    }
+    // Each layer's bytes crossed the wire about once: half before the
+    // reset, the rest after it.
+    let sent: u64 = layers.iter().map(|l| proxy.bytes_sent_for(l)).sum();
+    assert!(
+        sent < img.manifests[0].compressed_size + (1 << 20),
+        "{sent} sent for {} bytes of layers",
+        img.manifests[0].compressed_size
     );
     env.assert_visible_as(&reference, &img, 0).await;
 }

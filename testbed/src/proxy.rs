@@ -37,6 +37,8 @@ enum Action {
     Hang,
     /// Send half the body, then nothing more, for a while.
     Stall,
+    /// Send half the body, then reset the connection (RST, not FIN).
+    Reset,
 }
 
 struct Rule {
@@ -161,6 +163,13 @@ impl FaultProxy {
         self.add(path_contains, count, Action::Stall);
     }
 
+    /// Forwards the next `count` matching requests without a `Range` (whole
+    /// bodies, not probes) but resets the connection (a TCP RST) after
+    /// half of each body: a peer or middlebox that drops the connection.
+    pub fn reset_next(&self, path_contains: &str, count: usize) {
+        self.add(path_contains, count, Action::Reset);
+    }
+
     /// Reads the next `count` matching requests and answers nothing for
     /// 30 seconds (a server that hangs), then closes the connection.
     pub fn hang_next(&self, path_contains: &str, count: usize) {
@@ -278,7 +287,8 @@ fn serve(client: TcpStream, upstream: SocketAddr, state: &Mutex<State>) -> Resul
                     && path.contains(&r.path_contains)
                     // A stall is for a body being downloaded, not a probe
                     // of a few bytes.
-                    && !(matches!(r.action, Action::Stall) && req.get("range").is_some())
+                    && !(matches!(r.action, Action::Stall | Action::Reset)
+                        && req.get("range").is_some())
             })
             .map(|r| {
                 r.remaining -= 1;
@@ -354,7 +364,10 @@ fn serve(client: TcpStream, upstream: SocketAddr, state: &Mutex<State>) -> Resul
         ],
     )?;
     let mid = len / 2;
-    let limit = if matches!(action, Some(Action::Truncate) | Some(Action::Stall)) {
+    let limit = if matches!(
+        action,
+        Some(Action::Truncate | Action::Stall | Action::Reset)
+    ) {
         mid
     } else {
         len
@@ -398,6 +411,14 @@ fn serve(client: TcpStream, upstream: SocketAddr, state: &Mutex<State>) -> Resul
     out.flush()?;
     if matches!(action, Some(Action::Stall)) {
         std::thread::sleep(Duration::from_secs(30));
+    }
+    if matches!(action, Some(Action::Reset)) {
+        // A zero linger makes the close below send RST.
+        let linger = nix::libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        nix::sys::socket::setsockopt(&out, nix::sys::socket::sockopt::Linger, &linger)?;
     }
     Ok(())
 }
