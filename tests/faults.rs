@@ -584,3 +584,62 @@ async fn kill_9_between_records_then_a_rerun_writes_them_all() {
     );
     env.assert_visible_as(&reference, &img, 0).await;
 }
+
+/// The race of the issue that opened the fault matrix (#17): two `prewarm
+/// pull` runs of the same list and kubelet's CRI pull of the same image,
+/// against one containerd; 25 small layers then 3 big ones, `retries = 2`.
+/// Every puller ends well, the report written last says the image is
+/// there, kubelet sees it by tag and by digest, and no ingest is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_pullers_and_a_cri_pull_of_the_same_image() {
+    let env = Env::start();
+    let mut specs = layers(900, &[Gzip; 25], 16 << 10);
+    specs.extend(layers(950, &[Gzip, Zstd, Gzip], 3 << 20));
+    let img = push(
+        &env.registry.host(),
+        "three/app:1",
+        &[linux("amd64", None, specs)],
+        Format::Oci,
+        &env.path("images"),
+    );
+    let proxy = proxied(&env);
+    proxy.throttle(Some(4 << 20));
+    env.containerd
+        .write_hosts_toml(&proxy.host(), &format!("http://{}", proxy.host()), None)
+        .unwrap();
+    let reference = via(&proxy, &img);
+    let config = env.config_with(&[(&reference, true)], "retries = 2", "");
+    let args = ["pull", "--config", config.to_str().unwrap()];
+    let first_log = env.path("first.log");
+    let second_log = env.path("second.log");
+    let mut first = env.spawn_prewarm_logging(&args, std::fs::File::create(&first_log).unwrap());
+    let mut second = env.spawn_prewarm_logging(&args, std::fs::File::create(&second_log).unwrap());
+    let pulled = common::core::cri_pull(&env, &reference).await;
+    let first = tokio::task::block_in_place(|| first.wait()).unwrap();
+    let second = tokio::task::block_in_place(|| second.wait()).unwrap();
+    let logs = format!(
+        "{}\n---\n{}",
+        std::fs::read_to_string(&first_log).unwrap_or_default(),
+        std::fs::read_to_string(&second_log).unwrap_or_default()
+    );
+    assert!(
+        first.success() && second.success(),
+        "{first} {second}: {logs}"
+    );
+    assert!(logs.contains("another prewarm pull is running"), "{logs}");
+    let report = env.report();
+    assert!(
+        matches!(
+            report.images[0].status,
+            ImageStatus::Pulled | ImageStatus::Present
+        ),
+        "{report:#?}"
+    );
+    assert_eq!(pulled, img.manifests[0].config_digest);
+    env.assert_visible_as(&reference, &img, 0).await;
+    let active = env.containerd.ctr(&["content", "active"]).unwrap();
+    assert!(
+        active.lines().skip(1).all(|l| l.trim().is_empty()),
+        "ingests left behind: {active}"
+    );
+}
