@@ -20,7 +20,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
 
-need=(lintian rpmlint rpm cloud-init ignition systemd man-db python3)
+need=(lintian rpmlint rpm cloud-init ignition systemd man-db python3 file qemu-user-static)
 missing=()
 for p in "${need[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -34,9 +34,19 @@ fi
 ok() { echo "check-packaging: ok: $*"; }
 die() { echo "check-packaging: FAIL: $*" >&2; exit 1; }
 
-[[ ${1:-} == --no-build ]] || scripts/build-packages.sh
-deb=$(ls target/packages/prewarm_*_amd64.deb)
-rpm=$(ls target/packages/prewarm-*.x86_64.rpm)
+build=1
+if [[ ${1:-} == --no-build ]]; then build=0; shift; fi
+arch=${1:-x86_64}
+case $arch in
+  x86_64) deb_arch=amd64 run=() ;;
+  # The installed binary runs under Debian's qemu-user-static.
+  aarch64) deb_arch=arm64 run=(qemu-aarch64-static) ;;
+  *) die "unknown architecture '$arch' (x86_64 or aarch64)" ;;
+esac
+((build == 0)) || scripts/build-packages.sh "$arch"
+deb=$(ls target/packages/prewarm_*_"$deb_arch".deb)
+rpm=$(ls target/packages/prewarm-*."$arch".rpm)
+echo "check-packaging: $arch: $deb, $rpm"
 
 work=$(mktemp -d /tmp/prewarm-pkg.XXXXXX)
 trap 'rm -rf "$work"' EXIT
@@ -105,7 +115,7 @@ ok "rpmlint: 0 errors, 0 warnings with packaging/rpm/rpmlint.toml"
 droot=$work/deb-root rroot=$work/rpm-root
 dpkg -x "$deb" "$droot"
 mkdir -p "$rroot"
-rpm --force-debian --root "$rroot" --dbpath /tmp/rpmdb --noscripts --nodeps --nosignature -i "$rpm"
+rpm --force-debian --root "$rroot" --dbpath /tmp/rpmdb --noscripts --nodeps --nosignature --ignorearch -i "$rpm"
 rm -rf "${rroot:?}/tmp"
 # Same tree, apart from what only the deb has.
 (cd "$droot" && find . -type f | sort) >"$work/deb.files"
@@ -114,6 +124,17 @@ diff <(grep -v -e '^./usr/share/lintian/' -e '^./usr/share/doc/prewarm/copyright
   -e '^./usr/share/doc/prewarm/changelog.Debian.gz$' "$work/deb.files") "$work/rpm.files" ||
   die "dpkg -x and rpm --root give different trees"
 ok "dpkg -x and rpm -i --root install the same $(wc -l <"$work/rpm.files") files"
+
+# The architecture each package says, and the binary's machine in it.
+[[ $(dpkg-deb -f "$deb" Architecture) == "$deb_arch" ]] || die "$deb: Architecture is not $deb_arch"
+[[ $(rpm -qp --qf '%{ARCH}' "$rpm" 2>/dev/null) == "$arch" ]] || die "$rpm: ARCH is not $arch"
+case $arch in x86_64) machine="x86-64" ;; aarch64) machine="ARM aarch64" ;; esac
+for r in "$droot" "$rroot"; do
+  kind=$(file -b "$r/usr/bin/prewarm")
+  [[ $kind == *"$machine"* && ($kind == *"statically linked"* || $kind == *"static-pie linked"*) ]] ||
+    die "the packaged binary is not a static $machine one: $kind"
+done
+ok "both packages are $arch ($deb_arch) and ship a static $machine binary"
 
 root=$droot
 units=(prewarm.service prewarm-untaint.service)
@@ -124,7 +145,7 @@ for u in "${units[@]}"; do
     cmd=${line#ExecStart=}
     bin=${cmd%% *} sub=${cmd#* }
     [[ -x $root$bin ]] || die "$u: ExecStart binary $bin not installed"
-    "$root$bin" $sub --help >/dev/null || die "$u: '$bin $sub' is not a command of the installed binary"
+    "${run[@]}" "$root$bin" $sub --help >/dev/null || die "$u: '$bin $sub' is not a command of the installed binary"
     ok "$u runs $cmd, installed and answering --help"
   done
 done
@@ -146,7 +167,7 @@ doc = yaml.safe_load(open(sys.argv[1]))
 f = next(f for f in doc["write_files"] if f["path"] == "/etc/prewarm/config.d/50-site.toml")
 open(sys.argv[2], "w").write(f["content"])
 EOF
-"$root/usr/bin/prewarm" --config-root "$root" check-config >"$work/check-config.out" ||
+"${run[@]}" "$root/usr/bin/prewarm" --config-root "$root" check-config >"$work/check-config.out" ||
   { cat "$work/check-config.out" >&2; die "check-config in the installed root"; }
 for frag in usr/lib/prewarm/config.d/00-defaults.toml etc/prewarm/config.d/40-local.toml etc/prewarm/config.d/50-site.toml; do
   grep -q "$frag" "$work/check-config.out" || { cat "$work/check-config.out" >&2; die "check-config did not read /$frag"; }
@@ -196,7 +217,7 @@ f = next(f for f in doc["write_files"] if f["path"] == "/etc/prewarm/config.d/50
 os.makedirs(os.path.dirname(sys.argv[2]), exist_ok=True)
 open(sys.argv[2], "w").write(f["content"])
 EOF
-  "$root/usr/bin/prewarm" --config-root "$work/ci-root" check-config >/dev/null || die "$f: prewarm config"
+  "${run[@]}" "$root/usr/bin/prewarm" --config-root "$work/ci-root" check-config >/dev/null || die "$f: prewarm config"
   ok "cloud-init schema and prewarm check-config: $f"
 done
 
@@ -216,6 +237,6 @@ for f in cfg["storage"]["files"]:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     open(path, "wb").write(body)
 EOF
-"$root/usr/bin/prewarm" --config-root "$work/ign-root" check-config >/dev/null || die "ignition: prewarm config"
+"${run[@]}" "$root/usr/bin/prewarm" --config-root "$work/ign-root" check-config >/dev/null || die "ignition: prewarm config"
 ok "ignition-validate and prewarm check-config: ignition/prewarm.ign"
 echo "check-packaging: all checks passed"

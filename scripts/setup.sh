@@ -3,7 +3,8 @@
 # Debian machine. Idempotent: skips what is already there.
 set -euo pipefail
 
-packages=(containerd runc docker-registry skopeo protobuf-compiler openssl jq attr)
+# qemu-user-static: the aarch64 build and its tests run arm64 binaries.
+packages=(containerd runc docker-registry skopeo protobuf-compiler openssl jq attr qemu-user-static)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -5,9 +5,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-# containerd 1.7 and 2.x beside the installed 1.6, for tests/versions.rs:
+# containerd 1.7 and 2.x beside the installed 1.6, for tests/versions.rs,
+# and bookworm's arm64 one (run under qemu-user) for tests/arm64.rs:
 # fetched from the machine's Debian mirror into a cache, not installed.
-scripts/containerd-versions.sh trixie sid
+scripts/containerd-versions.sh trixie sid bookworm:arm64
+# The aarch64 release binary, for tests/arm64.rs.
+scripts/build-release.sh aarch64
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace -- --test-threads="${PREWARM_TEST_THREADS:-2}"
@@ -15,6 +18,7 @@ cargo test --workspace -- --test-threads="${PREWARM_TEST_THREADS:-2}"
 # lintian/rpmlint, systemd-analyze verify, cloud-init and Ignition
 # validation, the packages unpacked into throwaway roots.
 scripts/check-packaging.sh
+scripts/check-packaging.sh aarch64
 # Real boots in a QEMU VM: the .deb with the units as shipped, with the
 # alongside drop-in, and with the kubeadm example; the .rpm (its scriptlets
 # run by rpm --root). About 1 minute each with the root image cached in

@@ -273,7 +273,11 @@ pub fn containerd_of_suite(suite: &str) -> Result<PathBuf> {
     let cache = std::env::var_os("PREWARM_CONTAINERD_CACHE")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/var/cache/prewarm-containerd"));
-    let bin = cache.join(suite).join("usr/bin/containerd");
+    // `bookworm:arm64`: another architecture's, started under qemu-user.
+    let bin = match suite.split_once(':') {
+        Some((s, arch)) => cache.join(format!("{s}-{arch}")).join("containerd"),
+        None => cache.join(suite).join("usr/bin/containerd"),
+    };
     if !bin.exists() {
         bail!(
             "containerd from Debian {suite} is not at {}: run scripts/containerd-versions.sh {suite}",
