@@ -121,6 +121,9 @@ pub enum SourceStatus {
     Cached,
     /// Unreachable or refused, and nothing to fall back to.
     Failed,
+    /// The server answered a conditional GET with 304 Not Modified: the
+    /// cached copy, current, was used.
+    Unchanged,
 }
 
 /// One source in the report.
@@ -138,6 +141,10 @@ pub struct SourceReport {
     /// Why the cache was used, or why the source failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// The version the source said it served: a URL's `ETag`, a
+    /// ConfigMap's `resourceVersion`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
 }
 
 /// What the report says about the cap.

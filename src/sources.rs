@@ -215,12 +215,20 @@ pub async fn load(s: &crate::config::Settings) -> Loaded {
             images: 0,
             sha256: None,
             note: None,
+            revision: None,
         };
         let entries = match &src.kind {
             SourceKind::File { path } => read_file(src, path, s.pull.require_digest),
             SourceKind::Url { url, checksum, ca } => {
-                let fetched =
-                    tokio::time::timeout(src.timeout, fetch_checked(url, checksum, ca.as_deref()));
+                // Asked conditionally only while the copy they describe is
+                // there to fall back on.
+                let known = cache_path(&s.pull.state_dir, &src.kind)
+                    .filter(|c| c.exists())
+                    .and_then(|c| Validators::read(&c));
+                let fetched = tokio::time::timeout(
+                    src.timeout,
+                    fetch_checked(url, checksum, ca.as_deref(), known.as_ref()),
+                );
                 let fetched = fetched.await.unwrap_or_else(|_| {
                     Err(format!("no complete answer within {:?}", src.timeout))
                 });
@@ -237,7 +245,7 @@ pub async fn load(s: &crate::config::Settings) -> Loaded {
                 kubeconfig,
             } => {
                 let origin = PathBuf::from(format!("configmap/{namespace}/{name}"));
-                let fetched = match kubeconfig.clone().or_else(|| {
+                let fetched: Result<Fetched, String> = match kubeconfig.clone().or_else(|| {
                     s.handoff
                         .kubeconfig_candidates()
                         .into_iter()
@@ -352,7 +360,7 @@ pub fn check_local(s: &crate::config::Settings) -> Result<usize, SourceError> {
 /// configuration pins the list).
 fn read_remote(
     src: &ListSource,
-    fetched: Result<Vec<u8>, String>,
+    fetched: Result<Fetched, String>,
     fixed_sha256: Option<&str>,
     origin: &Path,
     s: &crate::config::Settings,
@@ -364,18 +372,45 @@ fn read_remote(
             message: "not a remote source".into(),
         });
     };
-    let fresh = fetched.and_then(|body| {
+    let fetched = match fetched {
+        Ok(Fetched::NotModified) => {
+            // The server says the copy cached with these validators is
+            // current: it is the list.
+            return match read_cache(src, &cache, fixed_sha256, origin, s.pull.require_digest) {
+                Ok((sha, entries)) => {
+                    report.status = SourceStatus::Unchanged;
+                    report.sha256 = Some(sha);
+                    report.revision = Validators::read(&cache).and_then(|v| v.etag);
+                    Ok(entries)
+                }
+                Err(why) => Err(SourceError::Read {
+                    list: src.name.clone(),
+                    message: format!("the server answered 304 Not Modified, but {why}"),
+                }),
+            };
+        }
+        Ok(Fetched::Body { body, validators }) => Ok((body, validators)),
+        Err(why) => Err(why),
+    };
+    let fresh = fetched.and_then(|(body, validators)| {
         let text =
             String::from_utf8(body.clone()).map_err(|_| "the list is not UTF-8".to_string())?;
         let entries = parse_list(src, origin, &text, s.pull.require_digest)
             .map_err(|e| crate::error_chain(&e))?;
-        Ok((body, entries))
+        Ok((body, validators, entries))
     });
     match fresh {
-        Ok((body, entries)) => {
+        Ok((body, validators, entries)) => {
             report.sha256 = Some(hex::encode(Sha256::digest(&body)));
-            if let Err(e) = crate::atomic::write_atomic(&cache, &body) {
-                tracing::warn!(source = %src.name, cache = %cache.display(), error = %e, "caching the list");
+            report.revision = validators
+                .etag
+                .clone()
+                .or(validators.resource_version.clone());
+            match crate::atomic::write_atomic(&cache, &body) {
+                Ok(()) => validators.write(&cache),
+                Err(e) => {
+                    tracing::warn!(source = %src.name, cache = %cache.display(), error = %e, "caching the list")
+                }
             }
             Ok(entries)
         }
@@ -406,7 +441,7 @@ async fn fetch_configmap(
     name: &str,
     key: &str,
     timeout: Duration,
-) -> Result<Vec<u8>, String> {
+) -> Result<Fetched, String> {
     use k8s_openapi::api::core::v1::ConfigMap;
     let kc_err = |e: &dyn std::error::Error| {
         format!(
@@ -432,10 +467,19 @@ async fn fetch_configmap(
                 crate::error_chain(&e)
             )
         })?;
-    cm.data
+    let resource_version = cm.metadata.resource_version.clone();
+    let body = cm
+        .data
         .and_then(|mut d| d.remove(key))
         .map(String::into_bytes)
-        .ok_or_else(|| format!("ConfigMap {namespace}/{name} has no key {key:?}"))
+        .ok_or_else(|| format!("ConfigMap {namespace}/{name} has no key {key:?}"))?;
+    Ok(Fetched::Body {
+        body,
+        validators: Validators {
+            resource_version,
+            ..Validators::default()
+        },
+    })
 }
 
 fn read_cache(
@@ -468,14 +512,73 @@ fn read_cache(
     Ok((sha, entries))
 }
 
+/// What reading a remote list gave.
+pub enum Fetched {
+    /// The list, and what identifies this version of it.
+    Body {
+        body: Vec<u8>,
+        validators: Validators,
+    },
+    /// 304: the cached copy is current.
+    NotModified,
+}
+
+/// What identifies the version of a remote list: a URL's `ETag` and
+/// `Last-Modified`, sent back as `If-None-Match` and `If-Modified-Since`;
+/// a ConfigMap's `resourceVersion`. Kept beside the cached copy
+/// (`<cache>.validators`), and only ever sent while that copy exists.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, Deserialize)]
+pub struct Validators {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_modified: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_version: Option<String>,
+}
+
+impl Validators {
+    fn path(cache: &Path) -> PathBuf {
+        let mut p = cache.as_os_str().to_owned();
+        p.push(".validators");
+        PathBuf::from(p)
+    }
+
+    /// Those saved with the copy cached at `cache`, if any.
+    pub fn read(cache: &Path) -> Option<Validators> {
+        let bytes = std::fs::read(Self::path(cache)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Saves them with the copy just cached at `cache` (or removes stale
+    /// ones when there are none).
+    fn write(&self, cache: &Path) {
+        let path = Self::path(cache);
+        if *self == Validators::default() {
+            let _ = std::fs::remove_file(&path);
+            return;
+        }
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        if let Err(e) = crate::atomic::write_atomic(&path, &json) {
+            tracing::warn!(path = %path.display(), error = %e, "saving the list's validators");
+        }
+    }
+}
+
 /// GETs `url` (and its detached checksum) and checks the body's SHA-256.
+/// With `known` validators the GET is conditional, and a 304 means the
+/// cached copy is current (its checksum was checked when it was cached).
 async fn fetch_checked(
     url: &reqwest::Url,
     checksum: &Checksum,
     ca: Option<&Path>,
-) -> Result<Vec<u8>, String> {
+    known: Option<&Validators>,
+) -> Result<Fetched, String> {
     let client = http_client(ca)?;
-    let body = get(&client, url).await?;
+    let (body, validators) = match get_conditional(&client, url, known).await? {
+        Some(got) => got,
+        None => return Ok(Fetched::NotModified),
+    };
     let want = match checksum {
         Checksum::Sha256(h) => h.clone(),
         Checksum::Url(u) => {
@@ -491,7 +594,7 @@ async fn fetch_checked(
             body.len()
         ));
     }
-    Ok(body)
+    Ok(Fetched::Body { body, validators })
 }
 
 fn http_client(ca: Option<&Path>) -> Result<reqwest::Client, String> {
@@ -523,15 +626,51 @@ fn http_client(ca: Option<&Path>) -> Result<reqwest::Client, String> {
 }
 
 async fn get(client: &reqwest::Client, url: &reqwest::Url) -> Result<Vec<u8>, String> {
+    Ok(get_conditional(client, url, None)
+        .await?
+        .map(|(body, _)| body)
+        .unwrap_or_default())
+}
+
+/// GETs `url`, conditionally when `known` has validators: `None` for a 304
+/// Not Modified, else the body and its validators.
+async fn get_conditional(
+    client: &reqwest::Client,
+    url: &reqwest::Url,
+    known: Option<&Validators>,
+) -> Result<Option<(Vec<u8>, Validators)>, String> {
     use futures_util::StreamExt;
-    let resp = client
-        .get(url.clone())
+    let mut req = client.get(url.clone());
+    if let Some(k) = known {
+        if let Some(etag) = &k.etag {
+            req = req.header(reqwest::header::IF_NONE_MATCH, etag);
+        }
+        if let Some(date) = &k.last_modified {
+            req = req.header(reqwest::header::IF_MODIFIED_SINCE, date);
+        }
+    }
+    let resp = req
         .send()
         .await
         .map_err(|e| format!("GET {url}: {}", crate::error_chain(&e)))?;
+    if resp.status() == reqwest::StatusCode::NOT_MODIFIED && known.is_some() {
+        tracing::debug!(%url, "the list is unchanged (304)");
+        return Ok(None);
+    }
     if !resp.status().is_success() {
         return Err(format!("GET {url}: HTTP {}", resp.status().as_u16()));
     }
+    let header = |name: reqwest::header::HeaderName| {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let validators = Validators {
+        etag: header(reqwest::header::ETAG),
+        last_modified: header(reqwest::header::LAST_MODIFIED),
+        resource_version: None,
+    };
     let mut body = Vec::new();
     let mut stream = resp.bytes_stream();
     while let Some(chunk) = stream.next().await {
@@ -541,7 +680,7 @@ async fn get(client: &reqwest::Client, url: &reqwest::Url) -> Result<Vec<u8>, St
         }
         body.extend_from_slice(&chunk);
     }
-    Ok(body)
+    Ok(Some((body, validators)))
 }
 
 #[cfg(test)]

@@ -70,11 +70,34 @@ async fn url_list_is_checked_cached_and_falls_back() {
         Some(sha256_hex(list.as_bytes()).as_str())
     );
     assert_eq!(report.summary.pulled, 1, "{report:#?}");
-    assert!(
-        std::fs::read_dir(state.join("sources")).unwrap().count() == 1,
-        "one cached list"
-    );
+    let cached: Vec<_> = std::fs::read_dir(state.join("sources"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "list"))
+        .collect();
+    assert_eq!(cached.len(), 1, "one cached list");
     env.assert_visible(&img, 0).await;
+
+    // Unchanged: asked for conditionally (the ETag and Last-Modified of the
+    // cached copy), answered 304, and the cached copy is the list; the
+    // checksum is not asked for again.
+    let before = server.served().len();
+    let out = env.prewarm(&["pull", "--config", config]);
+    assert_eq!(exit_code(&out), 0);
+    let served = server.served()[before..].to_vec();
+    assert_eq!(
+        served,
+        vec![testbed::Served {
+            path: "/images.list".into(),
+            status: 304,
+            conditional: true,
+        }],
+        "one conditional GET"
+    );
+    let report = env.report();
+    assert_eq!(report.sources[0].status, SourceStatus::Unchanged);
+    assert!(report.sources[0].revision.is_some(), "the ETag");
+    assert_eq!(report.summary.present, 1);
 
     // Tampered now: refused, and the cached copy is used, saying so.
     server.put(
@@ -636,6 +659,12 @@ async fn configmap_list_is_read_with_the_kubeconfig_and_cached() {
     let report = env.report();
     assert_eq!(report.sources[0].status, SourceStatus::Read);
     assert_eq!(report.summary.pulled, 1);
+    // The version read: the ConfigMap's resourceVersion.
+    let rv = report.sources[0]
+        .revision
+        .clone()
+        .expect("a resourceVersion");
+    assert!(rv.parse::<u64>().is_ok(), "{rv}");
     env.assert_visible(&img, 0).await;
 
     // The API server is down: the cached copy.

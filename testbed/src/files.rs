@@ -5,6 +5,7 @@
 use anyhow::{Context, Result};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use sha2::Digest as _;
 use std::collections::HashMap;
 use std::io::{BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
@@ -14,14 +15,33 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+/// A file being served.
+#[derive(Clone)]
+struct File {
+    body: Vec<u8>,
+    /// Its `Last-Modified`.
+    modified: String,
+}
+
+/// One request the server answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Served {
+    /// The request target.
+    pub path: String,
+    /// The status answered.
+    pub status: u16,
+    /// It carried `If-None-Match` or `If-Modified-Since`.
+    pub conditional: bool,
+}
+
 /// An HTTPS server for IP 127.0.0.1 with a certificate from its own CA.
 pub struct FileServer {
     /// `127.0.0.1:<port>`; the same across [`FileServer::restart`].
     pub addr: SocketAddr,
     /// PEM of the CA that signed the server's certificate.
     pub ca_cert: PathBuf,
-    files: Arc<Mutex<HashMap<String, Vec<u8>>>>,
-    requests: Arc<Mutex<Vec<String>>>,
+    files: Arc<Mutex<HashMap<String, File>>>,
+    requests: Arc<Mutex<Vec<Served>>>,
     config: Arc<rustls::ServerConfig>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
@@ -58,15 +78,28 @@ impl FileServer {
         format!("https://{}/{}", self.addr, path.trim_start_matches('/'))
     }
 
-    /// Serves `body` at `/<path>` from now on.
+    /// Serves `body` at `/<path>` from now on, with an `ETag` and a
+    /// `Last-Modified` of now; answers a conditional GET that matches
+    /// either with 304 Not Modified.
     pub fn put(&self, path: &str, body: &[u8]) {
         if let Ok(mut f) = self.files.lock() {
-            f.insert(format!("/{}", path.trim_start_matches('/')), body.to_vec());
+            f.insert(
+                format!("/{}", path.trim_start_matches('/')),
+                File {
+                    body: body.to_vec(),
+                    modified: httpdate::fmt_http_date(std::time::SystemTime::now()),
+                },
+            );
         }
     }
 
     /// Paths requested so far.
     pub fn requests(&self) -> Vec<String> {
+        self.served().into_iter().map(|s| s.path).collect()
+    }
+
+    /// Requests so far, with how each was answered.
+    pub fn served(&self) -> Vec<Served> {
         self.requests.lock().map(|r| r.clone()).unwrap_or_default()
     }
 
@@ -121,8 +154,8 @@ impl Drop for FileServer {
 fn serve(
     stream: std::net::TcpStream,
     config: Arc<rustls::ServerConfig>,
-    files: &Mutex<HashMap<String, Vec<u8>>>,
-    requests: &Mutex<Vec<String>>,
+    files: &Mutex<HashMap<String, File>>,
+    requests: &Mutex<Vec<Served>>,
 ) -> Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
@@ -134,17 +167,37 @@ fn serve(
     };
     let Some(head) = head else { return Ok(()) };
     let path = head.start.split(' ').nth(1).unwrap_or("/").to_string();
-    if let Ok(mut r) = requests.lock() {
-        r.push(path.clone());
-    }
-    let body = files.lock().ok().and_then(|f| f.get(&path).cloned());
-    let (status, body) = match body {
-        Some(b) => ("200 OK", b),
-        None => ("404 Not Found", b"not found\n".to_vec()),
+    let file = files.lock().ok().and_then(|f| f.get(&path).cloned());
+    // Validators as a web server gives them: an ETag from the body, and a
+    // Last-Modified from when it was put there.
+    let (status, body, validators) = match file {
+        Some(f) => {
+            let etag = format!("\"{}\"", &hex::encode(sha2::Sha256::digest(&f.body))[..16]);
+            let unchanged = match (head.get("if-none-match"), head.get("if-modified-since")) {
+                (Some(tags), _) => tags.split(',').any(|t| t.trim() == etag),
+                (None, Some(since)) => since == f.modified,
+                (None, None) => false,
+            };
+            let validators = format!("ETag: {etag}\r\nLast-Modified: {}\r\n", f.modified);
+            if unchanged {
+                ("304 Not Modified", Vec::new(), validators)
+            } else {
+                ("200 OK", f.body, validators)
+            }
+        }
+        None => ("404 Not Found", b"not found\n".to_vec(), String::new()),
     };
+    if let Ok(mut r) = requests.lock() {
+        r.push(Served {
+            path: path.clone(),
+            status: status[..3].parse().unwrap_or(0),
+            conditional: head.get("if-none-match").is_some()
+                || head.get("if-modified-since").is_some(),
+        });
+    }
     write!(
         tls,
-        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {status}\r\n{validators}Content-Length: {}\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n",
         body.len()
     )?;
     tls.write_all(&body)?;

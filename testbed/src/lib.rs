@@ -21,7 +21,7 @@ pub mod scenario;
 pub mod tarball;
 
 pub use containerd::{containerd_of_suite, Containerd};
-pub use files::FileServer;
+pub use files::{FileServer, Served};
 pub use image::{
     push_image, random_bytes, write_oci_archive, write_oci_layout, BuiltManifest, Compression,
     Format, ImageSpec, LayerSpec, PushedImage,
