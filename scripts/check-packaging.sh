@@ -137,7 +137,7 @@ done
 ok "both packages are $arch ($deb_arch) and ship a static $machine binary"
 
 root=$droot
-units=(prewarm.service prewarm-untaint.service)
+units=(prewarm.service prewarm-untaint.service prewarm-refresh.service prewarm-refresh.timer)
 for u in "${units[@]}"; do
   f=$root/usr/lib/systemd/system/$u
   [[ -f $f ]] || die "$u not in /usr/lib/systemd/system"

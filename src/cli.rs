@@ -85,6 +85,10 @@ pub enum Command {
     Boot,
     /// Remove the startup taint, or set the readiness condition
     Untaint,
+    /// One pass over the current list on a serving node ([refresh]): pull
+    /// what is missing, within kubelet's GC and eviction thresholds; never
+    /// touches the taint
+    Refresh,
     /// Remove preloaded images no longer listed and not in use (dry run
     /// unless --apply)
     Gc {

@@ -82,6 +82,20 @@ struct RawFragment {
     handoff: RawHandoff,
     #[serde(default)]
     register: RawRegister,
+    #[serde(default)]
+    refresh: RawRefresh,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawRefresh {
+    enabled: Option<bool>,
+    bandwidth: Option<Rate>,
+    write_bandwidth: Option<Rate>,
+    write_iops: Option<NonZeroU64>,
+    concurrency: Option<NonZeroU32>,
+    deadline: Option<HumanDuration>,
+    report: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -595,6 +609,7 @@ pub struct Settings {
     pub list_sources: Vec<source::ListSource>,
     pub handoff: Handoff,
     pub register: RegisterSettings,
+    pub refresh: RefreshSettings,
     /// Every fragment read, in order.
     pub sources: Vec<PathBuf>,
     handoff_sources: HandoffSources,
@@ -667,6 +682,55 @@ pub struct DiskSettings {
     pub reserve: u64,
     pub max_usage_percent: u8,
     pub unpack_ratio: f64,
+    /// What set `reserve` and `max_usage_percent` beyond `[disk]` (a
+    /// refresh: kubelet's thresholds), for the reason an image is skipped.
+    pub limited_by: Option<String>,
+}
+
+/// `[refresh]`: `prewarm refresh`, the pass on a serving node. Each cap
+/// and limit it leaves unset is the pull's.
+#[derive(Debug, Clone)]
+pub struct RefreshSettings {
+    /// Off unless set: `prewarm refresh` (and its timer) then does nothing.
+    pub enabled: bool,
+    pub bandwidth: Option<NonZeroU64>,
+    pub io_limits: crate::iocap::IoLimits,
+    pub concurrency: Option<NonZeroU32>,
+    pub deadline: Option<Duration>,
+    /// The refresh's own report; `[pull] report` stays the boot pass's,
+    /// which `untaint` reads.
+    pub report: PathBuf,
+}
+
+impl Settings {
+    /// The settings a refresh runs with: the `[refresh]` caps where set,
+    /// the pull's elsewhere, its own report, and the disk budget held
+    /// within `kubelet`'s image GC and eviction thresholds.
+    pub fn for_refresh(&self, kubelet: &crate::warnings::ImageFsLimits) -> Settings {
+        let mut s = self.clone();
+        let r = &self.refresh;
+        s.throttle.bandwidth = r.bandwidth.or(self.throttle.bandwidth);
+        s.throttle.io_limits.write_bps =
+            r.io_limits.write_bps.or(self.throttle.io_limits.write_bps);
+        s.throttle.io_limits.write_iops = r
+            .io_limits
+            .write_iops
+            .or(self.throttle.io_limits.write_iops);
+        s.pull.concurrency = r.concurrency.unwrap_or(self.pull.concurrency);
+        s.pull.deadline = r.deadline.unwrap_or(self.pull.deadline);
+        s.disk.max_usage_percent = self.disk.max_usage_percent.min(kubelet.max_usage_percent);
+        s.disk.reserve = self.disk.reserve.max(kubelet.min_free_bytes);
+        s.disk.limited_by = Some(format!(
+            "a refresh keeps the image filesystem at most {}% used and {} bytes free ([disk] \
+             max-usage-percent {}, reserve {}; kubelet: {})",
+            s.disk.max_usage_percent,
+            s.disk.reserve,
+            self.disk.max_usage_percent,
+            self.disk.reserve,
+            kubelet.why
+        ));
+        s
+    }
 }
 
 /// Which fragment set the `[handoff]` keys that are checked against each
@@ -1017,6 +1081,15 @@ impl Settings {
                 reserve: 10 << 30,
                 max_usage_percent: 80,
                 unpack_ratio: 2.5,
+                limited_by: None,
+            },
+            refresh: RefreshSettings {
+                enabled: false,
+                bandwidth: None,
+                io_limits: Default::default(),
+                concurrency: None,
+                deadline: None,
+                report: "/run/prewarm/refresh-report.json".into(),
             },
             images: ImageList::default(),
             list_sources: Vec::new(),
@@ -1188,6 +1261,31 @@ impl Settings {
         if let Some(v) = raw.throttle.write_iops {
             self.throttle.io_limits.write_iops = Some(v.get());
         }
+        let r = raw.refresh;
+        if let Some(v) = r.enabled {
+            self.refresh.enabled = v;
+        }
+        if let Some(v) = r.bandwidth {
+            self.refresh.bandwidth = Some(v.0);
+        }
+        if let Some(v) = r.write_bandwidth {
+            self.refresh.io_limits.write_bps = Some(v.0.get());
+        }
+        if let Some(v) = r.write_iops {
+            self.refresh.io_limits.write_iops = Some(v.get());
+        }
+        if let Some(v) = r.concurrency {
+            self.refresh.concurrency = Some(v);
+        }
+        if let Some(v) = r.deadline {
+            self.refresh.deadline = Some(v.0);
+        }
+        if let Some(v) = r.report {
+            if v.as_os_str().is_empty() {
+                return Err(invalid(path, "refresh.report", "must not be empty"));
+            }
+            self.refresh.report = v;
+        }
         let d = raw.disk;
         if let Some(v) = d.reserve {
             self.disk.reserve = v.0;
@@ -1263,6 +1361,16 @@ impl Settings {
     /// Checks made once every fragment is merged: `require-digest`
     /// applies to entries listed before the fragment that set it.
     fn check_merged(&self) -> Result<(), ConfigError> {
+        if self.refresh.report == self.pull.report {
+            return Err(invalid(
+                self.sources.last().map_or(Path::new("-"), PathBuf::as_path),
+                "refresh.report",
+                format!(
+                    "{} is [pull] report too: the boot pass's report, which untaint reads, must not be overwritten by a refresh",
+                    self.refresh.report.display()
+                ),
+            ));
+        }
         if self.pull.require_digest {
             if let Some(e) = self.images.iter().find(|e| e.reference.digest.is_none()) {
                 let key = if e.key.starts_with('-') {

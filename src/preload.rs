@@ -95,12 +95,65 @@ pub async fn pull(
     stop: impl std::future::Future<Output = String>,
 ) -> anyhow::Result<Outcome> {
     tokio::pin!(stop);
-    let _one_at_a_time = tokio::select! {
+    let one_at_a_time = tokio::select! {
         held = hold_run_lock(&settings) => held?,
         why = &mut stop => anyhow::bail!("{why} while waiting for another prewarm pull"),
     };
-    let started = Instant::now();
     let report_path = settings.pull.report.clone();
+    run_locked(settings, stop, report_path, one_at_a_time).await
+}
+
+/// How `prewarm refresh` went.
+#[derive(Debug)]
+pub enum Refreshed {
+    /// `[refresh] enabled` is false: nothing was read or written.
+    Off,
+    /// A pull or another refresh holds the run lock (named): this pass is
+    /// left out, nothing read or written.
+    Busy(std::path::PathBuf),
+    Ran(Box<Outcome>),
+}
+
+/// `prewarm refresh`: one pass over the current list on a serving node,
+/// with the `[refresh]` caps and a disk budget held within kubelet's image
+/// GC and eviction thresholds. It never waits: when a pull or another
+/// refresh is running, this pass is left out. It never touches a taint or
+/// kubelet's drop-ins; it writes its own report, not the boot pass's.
+pub async fn refresh(
+    settings: Settings,
+    stop: impl std::future::Future<Output = String>,
+) -> anyhow::Result<Refreshed> {
+    if !settings.refresh.enabled {
+        return Ok(Refreshed::Off);
+    }
+    let Some(one_at_a_time) = try_run_lock(&settings)? else {
+        return Ok(Refreshed::Busy(run_dir(&settings).join("pull.lock")));
+    };
+    let r = &settings.register;
+    let kubelet =
+        crate::warnings::Kubelet::read(&r.kubelet_config, &r.kubelet_config_dir).image_fs_limits();
+    let refreshing = settings.for_refresh(&kubelet);
+    tracing::info!(
+        "{}",
+        refreshing.disk.limited_by.as_deref().unwrap_or_default()
+    );
+    let report_path = settings.refresh.report.clone();
+    let stop = std::pin::pin!(stop);
+    run_locked(refreshing, stop, report_path, one_at_a_time)
+        .await
+        .map(|o| Refreshed::Ran(Box::new(o)))
+}
+
+/// A pull or a refresh, holding the run lock: the run, with the IO cap on
+/// containerd for its duration, the report written to `report_path`, and
+/// the de-listed images unpinned.
+async fn run_locked(
+    settings: Settings,
+    mut stop: std::pin::Pin<&mut impl std::future::Future<Output = String>>,
+    report_path: std::path::PathBuf,
+    _one_at_a_time: Flock<std::fs::File>,
+) -> anyhow::Result<Outcome> {
+    let started = Instant::now();
     let (mut engine, lists) = connect_with_lists(settings).await?;
     let io_cap = cap_containerd_writes(&engine);
     // The layers prewarm unpacks itself are its own writes: the same cap on
@@ -184,6 +237,7 @@ pub async fn pull(
         }
     }
     report.sources = lists.reports.clone();
+    report.list_revision = lists.revision.clone();
     report.gc = unpin_delisted(&engine, &lists, &report).await;
     report
         .write(&report_path)
@@ -407,15 +461,7 @@ const LOCK_POLL: std::time::Duration = std::time::Duration::from_millis(200);
 /// deadline, and then finds the images present. The report is written
 /// under the lock, so the last one written describes the node as it is.
 async fn hold_run_lock(s: &Settings) -> anyhow::Result<Flock<std::fs::File>> {
-    let path = run_dir(s).join("pull.lock");
-    std::fs::create_dir_all(run_dir(s))
-        .with_context(|| format!("creating {}", run_dir(s).display()))?;
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
+    let (path, mut file) = open_run_lock(s)?;
     let until = Instant::now() + s.pull.deadline;
     let mut said = false;
     loop {
@@ -439,4 +485,29 @@ async fn hold_run_lock(s: &Settings) -> anyhow::Result<Flock<std::fs::File>> {
             Err((_, e)) => anyhow::bail!("locking {}: {e}", path.display()),
         }
     }
+}
+
+/// The run lock if it is free now, `None` when a run holds it.
+fn try_run_lock(s: &Settings) -> anyhow::Result<Option<Flock<std::fs::File>>> {
+    let (path, file) = open_run_lock(s)?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(held) => Ok(Some(held)),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+        Err((_, e)) => anyhow::bail!("locking {}: {e}", path.display()),
+    }
+}
+
+/// `pull.lock` beside the boot pass's report, which every pull and
+/// refresh on the node takes.
+fn open_run_lock(s: &Settings) -> anyhow::Result<(std::path::PathBuf, std::fs::File)> {
+    let path = run_dir(s).join("pull.lock");
+    std::fs::create_dir_all(run_dir(s))
+        .with_context(|| format!("creating {}", run_dir(s).display()))?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    Ok((path, file))
 }

@@ -95,6 +95,10 @@ pub struct Report {
     /// The image list sources read (`[[sources]]`), fresh or cached.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sources: Vec<SourceReport>,
+    /// The list's revision ([`crate::sources::revision`]), when every
+    /// source was read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub list_revision: Option<String>,
     pub images: Vec<ImageReport>,
     /// Unpinning and removal of de-listed images, when the list was
     /// complete.
@@ -315,6 +319,7 @@ mod tests {
             disk: None,
             warnings: Vec::new(),
             sources: Vec::new(),
+            list_revision: None,
             images: vec![img(ImageStatus::Pulled, true, 1)],
             gc: None,
             summary: Summary::default(),

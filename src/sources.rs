@@ -45,6 +45,44 @@ pub struct Loaded {
     pub images: ImageList,
     pub archives: Vec<Arc<Archive>>,
     pub reports: Vec<SourceReport>,
+    /// Which version of the list this is ([`revision`]); `None` when a
+    /// source could not be read at all.
+    pub revision: Option<String>,
+}
+
+/// The list's revision, as the Node's `prewarm.io/list-revision`
+/// annotation shows it: with one `[[sources]]` list and no inline
+/// `[[images]]`, the SHA-256 (hex) of that list's body, which is what
+/// `sha256sum` of the file, or of the ConfigMap key's value, prints.
+/// Otherwise the SHA-256 of one line per source, `<name> <its SHA-256>`,
+/// then `inline <SHA-256 of the inline references, sorted, one per
+/// line>`. `None` when a source failed (read neither fresh nor cached).
+pub fn revision(reports: &[SourceReport], inline: &[ImageEntry]) -> Option<String> {
+    let shas: Option<Vec<(&str, &str)>> = reports
+        .iter()
+        .map(|r| Some((r.name.as_str(), r.sha256.as_deref()?)))
+        .collect();
+    let shas = shas?;
+    if let ([(_, only)], true) = (shas.as_slice(), inline.is_empty()) {
+        return Some(only.to_string());
+    }
+    let mut text = String::new();
+    for (name, sha) in &shas {
+        text.push_str(&format!("{name} {sha}\n"));
+    }
+    if !inline.is_empty() {
+        text.push_str(&format!("inline {}\n", refs_sha256(inline)));
+    }
+    Some(hex::encode(Sha256::digest(text.as_bytes())))
+}
+
+/// SHA-256 of the entries' references, sorted, one per line.
+fn refs_sha256(entries: &[ImageEntry]) -> String {
+    let mut refs: Vec<String> = entries.iter().map(|e| e.reference.to_string()).collect();
+    refs.sort();
+    let mut text = refs.join("\n");
+    text.push('\n');
+    hex::encode(Sha256::digest(text.as_bytes()))
 }
 
 impl Loaded {
@@ -218,7 +256,13 @@ pub async fn load(s: &crate::config::Settings) -> Loaded {
             revision: None,
         };
         let entries = match &src.kind {
-            SourceKind::File { path } => read_file(src, path, s.pull.require_digest),
+            SourceKind::File { path } => {
+                let read = read_file(src, path, s.pull.require_digest);
+                if let Ok((sha, _)) = &read {
+                    report.sha256 = Some(sha.clone());
+                }
+                read.map(|(_, entries)| entries)
+            }
             SourceKind::Url { url, checksum, ca } => {
                 // Asked conditionally only while the copy they describe is
                 // there to fall back on.
@@ -287,6 +331,7 @@ pub async fn load(s: &crate::config::Settings) -> Loaded {
                             }
                             loaded.archives.push(Arc::new(a));
                         }
+                        report.sha256 = Some(refs_sha256(&entries));
                         Ok(entries)
                     }
                     Ok(Err(e)) => Err(SourceError::Read {
@@ -314,24 +359,27 @@ pub async fn load(s: &crate::config::Settings) -> Loaded {
         }
         loaded.reports.push(report);
     }
+    loaded.revision = revision(&loaded.reports, &s.images);
     loaded.images.extend(s.images.iter().cloned());
     loaded
 }
 
+/// A list file's entries, and the SHA-256 of its body.
 fn read_file(
     src: &ListSource,
     path: &Path,
     require_digest: bool,
-) -> Result<ImageList, SourceError> {
+) -> Result<(String, ImageList), SourceError> {
     let bytes = std::fs::read(path).map_err(|e| SourceError::Read {
         list: src.name.clone(),
         message: format!("reading {}: {e}", path.display()),
     })?;
+    let sha = hex::encode(Sha256::digest(&bytes));
     let text = String::from_utf8(bytes).map_err(|_| SourceError::Read {
         list: src.name.clone(),
         message: format!("{} is not UTF-8 text", path.display()),
     })?;
-    parse_list(src, path, &text, require_digest)
+    Ok((sha, parse_list(src, path, &text, require_digest)?))
 }
 
 /// Checks the local sources (file lists, archives) without touching the
@@ -340,7 +388,7 @@ pub fn check_local(s: &crate::config::Settings) -> Result<usize, SourceError> {
     let mut n = 0;
     for src in &s.list_sources {
         match &src.kind {
-            SourceKind::File { path } => n += read_file(src, path, s.pull.require_digest)?.len(),
+            SourceKind::File { path } => n += read_file(src, path, s.pull.require_digest)?.1.len(),
             SourceKind::Archive { path } => {
                 for a in Archive::open_all(path).map_err(|e| SourceError::Read {
                     list: src.name.clone(),
@@ -783,6 +831,48 @@ mod tests {
         let l: ImageList = [e(1, true), e(7, false)].into_iter().collect();
         assert_eq!(l.len(), 1);
         assert_eq!((l[0].priority, l[0].required), (7, true));
+    }
+
+    #[test]
+    fn the_revision_is_the_one_list_s_sha256_or_a_digest_of_all() {
+        let rep = |name: &str, sha: Option<&str>| SourceReport {
+            name: name.into(),
+            kind: "url".into(),
+            required: true,
+            status: SourceStatus::Read,
+            images: 1,
+            sha256: sha.map(String::from),
+            note: None,
+            revision: None,
+        };
+        let entry = |r: &str| ImageEntry {
+            reference: Reference::parse(r).unwrap(),
+            priority: 0,
+            required: true,
+            source: "/etc/prewarm/config.d/50-site.toml".into(),
+            key: "images[0]".into(),
+        };
+        // One list, nothing inline: what sha256sum of the list prints.
+        assert_eq!(
+            revision(&[rep("fleet", Some("ab"))], &[]).as_deref(),
+            Some("ab")
+        );
+        // A source not read: no revision.
+        assert_eq!(revision(&[rep("fleet", None)], &[]), None);
+        // More: a digest of every part, which changes with any of them.
+        let two = revision(&[rep("a", Some("1")), rep("b", Some("2"))], &[]).unwrap();
+        assert_eq!(
+            two,
+            hex::encode(Sha256::digest(b"a 1\nb 2\n")),
+            "documented in sources::revision"
+        );
+        let inline = revision(&[rep("a", Some("1"))], &[entry("r.example/x:1")]).unwrap();
+        let other = revision(&[rep("a", Some("1"))], &[entry("r.example/x:2")]).unwrap();
+        assert_ne!(inline, other);
+        assert_eq!(
+            revision(&[], &[entry("r.example/x:1")]).map(|r| r.len()),
+            Some(64)
+        );
     }
 
     #[test]

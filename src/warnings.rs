@@ -18,8 +18,32 @@ pub struct Kubelet {
     pub high_threshold: Option<u32>,
     /// `imagePullCredentialsVerificationPolicy`, when set.
     pub verify_policy: Option<String>,
+    /// `evictionHard` and `evictionSoft` thresholds on the image and node
+    /// filesystems (`imagefs.available`, `nodefs.available`), as written:
+    /// (`evictionHard.imagefs.available`, `15%`).
+    pub eviction: Vec<(String, String)>,
     /// The files read, in order.
     pub read: Vec<PathBuf>,
+}
+
+/// kubelet's own `evictionHard` defaults for the filesystems.
+const KUBELET_EVICTION_DEFAULTS: [(&str, &str); 2] = [
+    ("evictionHard.imagefs.available", "15%"),
+    ("evictionHard.nodefs.available", "10%"),
+];
+
+/// How full the image filesystem may get before kubelet acts: image GC
+/// starts at `imageGCHighThresholdPercent`, and pods are evicted when
+/// `imagefs.available` (or `nodefs.available`, on one filesystem) falls
+/// below its threshold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageFsLimits {
+    /// The highest use, in percent, that starts neither.
+    pub max_usage_percent: u8,
+    /// Free bytes to keep, where a threshold is a quantity (`10Gi`).
+    pub min_free_bytes: u64,
+    /// Which settings decided, for the report.
+    pub why: String,
 }
 
 impl Kubelet {
@@ -75,6 +99,79 @@ impl Kubelet {
         {
             self.verify_policy = Some(p.to_string());
         }
+        for field in ["evictionHard", "evictionSoft"] {
+            for signal in ["imagefs.available", "nodefs.available"] {
+                if let Some(v) = doc
+                    .get(field)
+                    .and_then(|m| m.get(signal))
+                    .and_then(|v| v.as_str())
+                {
+                    let key = format!("{field}.{signal}");
+                    self.eviction.retain(|(k, _)| *k != key);
+                    self.eviction.push((key, v.trim().to_string()));
+                }
+            }
+        }
+    }
+
+    /// The limits kubelet's configuration sets on the image filesystem
+    /// (its defaults where it sets none: GC at 85%, eviction below 15%
+    /// free on imagefs and 10% on nodefs). Conservative: every threshold
+    /// on either filesystem counts, soft ones too, and a signal a
+    /// configuration leaves out keeps kubelet's default (as kubelet does
+    /// unless `mergeDefaultEvictionSettings` is false, which only lowers
+    /// them).
+    pub fn image_fs_limits(&self) -> ImageFsLimits {
+        let high = self.high_threshold.unwrap_or(KUBELET_HIGH_THRESHOLD);
+        // GC starts when the use reaches the threshold: stay a point below.
+        let mut max = high.saturating_sub(1);
+        let mut why = vec![format!(
+            "imageGCHighThresholdPercent {high}{}",
+            if self.high_threshold.is_none() {
+                " (kubelet's default)"
+            } else {
+                ""
+            }
+        )];
+        let mut min_free = 0u64;
+        let mut thresholds: Vec<(String, String, bool)> = self
+            .eviction
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone(), false))
+            .collect();
+        for (k, v) in KUBELET_EVICTION_DEFAULTS {
+            if !thresholds.iter().any(|(t, _, _)| t == k) {
+                thresholds.push((k.to_string(), v.to_string(), true));
+            }
+        }
+        for (key, value, default) in thresholds {
+            let said = format!(
+                "{key} {value}{}",
+                if default { " (kubelet's default)" } else { "" }
+            );
+            match parse_threshold(&value) {
+                Some(Threshold::Percent(p)) => {
+                    // Eviction when free < p%: keep more than p% free.
+                    let cap = 100u32.saturating_sub(p.ceil() as u32).saturating_sub(1);
+                    if cap < max {
+                        max = cap;
+                    }
+                    why.push(said);
+                }
+                Some(Threshold::Bytes(b)) => {
+                    min_free = min_free.max(b);
+                    why.push(said);
+                }
+                None => {
+                    tracing::warn!(threshold = %key, value = %value, "kubelet's eviction threshold not understood; left out of the refresh's disk budget")
+                }
+            }
+        }
+        ImageFsLimits {
+            max_usage_percent: max.clamp(1, 100) as u8,
+            min_free_bytes: min_free,
+            why: why.join(", "),
+        }
     }
 
     /// The warnings, given the image filesystem's use once the plan is
@@ -106,6 +203,42 @@ impl Kubelet {
         }
         out
     }
+}
+
+/// An eviction threshold: a share of the filesystem, or a quantity.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Threshold {
+    Percent(f64),
+    Bytes(u64),
+}
+
+/// Parses `15%` or a Kubernetes quantity (`10Gi`, `500M`, `1.5Gi`, `1024`).
+fn parse_threshold(v: &str) -> Option<Threshold> {
+    let v = v.trim();
+    if let Some(p) = v.strip_suffix('%') {
+        let p: f64 = p.trim().parse().ok()?;
+        return (0.0..=100.0).contains(&p).then_some(Threshold::Percent(p));
+    }
+    let split = v
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(v.len());
+    let n: f64 = v[..split].parse().ok()?;
+    let mult: f64 = match &v[split..] {
+        "" => 1.0,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "Ki" => 1024.0,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        _ => return None,
+    };
+    let b = n * mult;
+    (b.is_finite() && b >= 0.0 && b < u64::MAX as f64).then(|| Threshold::Bytes(b.ceil() as u64))
 }
 
 /// A warning when containerd (its `version`, as its Version service says)
@@ -175,6 +308,54 @@ mod tests {
             ..Kubelet::default()
         };
         assert!(aged.warnings(None)[0].contains("imageMaximumGCAge is 168h"));
+    }
+
+    #[test]
+    fn image_fs_limits_take_the_strictest_threshold() {
+        let k = Kubelet::default();
+        let l = k.image_fs_limits();
+        assert_eq!(l.max_usage_percent, 84, "{}", l.why);
+        assert_eq!(l.min_free_bytes, 0);
+        assert!(l
+            .why
+            .contains("imageGCHighThresholdPercent 85 (kubelet's default)"));
+        assert!(l
+            .why
+            .contains("evictionHard.imagefs.available 15% (kubelet's default)"));
+
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config.yaml");
+        std::fs::write(
+            &config,
+            "imageGCHighThresholdPercent: 95
+evictionHard:
+  imagefs.available: \"20%\"
+  memory.available: 100Mi
+evictionSoft:
+  nodefs.available: 12Gi
+",
+        )
+        .unwrap();
+        let k = Kubelet::read(&config, Path::new("/nonexistent"));
+        let l = k.image_fs_limits();
+        // 20% free at least: 79% used at most, below GC's 94.
+        assert_eq!(l.max_usage_percent, 79, "{}", l.why);
+        assert_eq!(l.min_free_bytes, 12 << 30);
+        assert!(
+            l.why.contains("evictionSoft.nodefs.available 12Gi"),
+            "{}",
+            l.why
+        );
+        // nodefs' hard default still counts: 10% is weaker than 20%.
+        assert!(l
+            .why
+            .contains("evictionHard.nodefs.available 10% (kubelet's default)"));
+
+        assert_eq!(parse_threshold("1.5Gi"), Some(Threshold::Bytes(3 << 29)));
+        assert_eq!(parse_threshold("500M"), Some(Threshold::Bytes(500_000_000)));
+        assert_eq!(parse_threshold("7.5%"), Some(Threshold::Percent(7.5)));
+        assert_eq!(parse_threshold("101%"), None);
+        assert_eq!(parse_threshold("10 bananas"), None);
     }
 
     #[test]

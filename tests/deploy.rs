@@ -114,7 +114,9 @@ fn the_admission_policy_pins_the_principal_and_the_taint() {
         cel.contains(&format!("'{DIRECT_TAINT_KEY}'")),
         "the CEL names the taint key"
     );
-    assert!(cel.contains("'prewarm.io/preload'"), "and the annotation");
+    for a in testbed::kubeapi::PREWARM_ANNOTATIONS {
+        assert!(cel.contains(&format!("'{a}'")), "and the annotation {a}");
+    }
     assert!(cel.contains("system:serviceaccount:prewarm-system:prewarm-untaint"));
     assert!(cel.contains("oldObject") && cel.contains("filter(t, t.key != variables.taintKey)"));
     for v in spec["validations"].as_sequence().unwrap() {

@@ -4,76 +4,12 @@
 
 mod common;
 
+use common::loopfs::{run, small_env, MIB};
 use common::*;
 use prewarm::report::ImageStatus;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
-use testbed::{Compression::Gzip, Containerd, FaultProxy, Format, Registry};
-
-const MIB: u64 = 1 << 20;
-
-/// A loop-mounted ext4 filesystem, unmounted on drop.
-struct LoopFs {
-    mount: PathBuf,
-}
-
-impl LoopFs {
-    fn new(dir: &Path, size_mib: u64) -> LoopFs {
-        let image = dir.join("fs.img");
-        let mount = dir.join("c");
-        std::fs::create_dir_all(&mount).unwrap();
-        let f = std::fs::File::create(&image).unwrap();
-        f.set_len(size_mib * MIB).unwrap();
-        run(Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-m", "0"])
-            .arg(&image));
-        run(Command::new("mount")
-            .args(["-o", "loop"])
-            .arg(&image)
-            .arg(&mount));
-        LoopFs { mount }
-    }
-
-    fn available(&self) -> u64 {
-        prewarm::disk::statvfs(&self.mount).unwrap().available
-    }
-}
-
-impl Drop for LoopFs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.mount).status();
-    }
-}
-
-fn run(cmd: &mut Command) {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// An env whose containerd lives on a `size_mib` filesystem. Fields drop
-/// in order: containerd stops before the filesystem is unmounted.
-fn small_env(size_mib: u64) -> (Env, LoopFs) {
-    let dir = tempfile::Builder::new()
-        .prefix("pw")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let fs = LoopFs::new(dir.path(), size_mib);
-    let containerd = Containerd::start(&fs.mount).unwrap();
-    let registry = Registry::start(&dir.path().join("r")).unwrap();
-    (
-        Env {
-            dir,
-            containerd,
-            registry,
-        },
-        fs,
-    )
-}
+use testbed::{Compression::Gzip, FaultProxy, Format};
 
 /// Incompressible single-layer images of `mib` MiB each.
 fn images(env: &Env, host: &str, count: u64, mib: usize) -> Vec<testbed::PushedImage> {

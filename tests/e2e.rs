@@ -233,6 +233,23 @@ async fn boot_then_untaint_as_a_node_does() {
             .is_some(),
         "untaint records the outcome: {node}"
     );
+    // And the list revision the boot pass brought, warm.
+    let report = prewarm::report::Report::read(&env.path("report.json")).ok();
+    let revision = report
+        .and_then(|r| r.list_revision)
+        .expect("the report's list revision");
+    assert_eq!(
+        node.pointer("/metadata/annotations/prewarm.io~1list-revision")
+            .and_then(Value::as_str),
+        Some(revision.as_str()),
+        "{node}"
+    );
+    assert_eq!(
+        node.pointer("/metadata/annotations/prewarm.io~1list-warm")
+            .and_then(Value::as_str),
+        Some("true"),
+        "{node}"
+    );
 }
 
 /// The kubeadm example: `register` adds the taint to the JoinConfiguration

@@ -267,6 +267,39 @@ fn unit_timeouts_cover_the_pull_deadline() {
     );
 }
 
+/// The refresh: a guest beside pods (lower CPU and IO priority), a run
+/// that covers its deadline, after the boot pass; the timer spreads a
+/// fleet over time, and the preset enables it (the service does nothing
+/// until `[refresh] enabled = true`, which is off by default).
+#[test]
+fn the_refresh_units_are_a_guest_s_and_off_until_configured() {
+    let p = "packaging/systemd/prewarm-refresh.service";
+    let text = read(p);
+    for line in [
+        "Type=oneshot",
+        "Nice=10",
+        "IOSchedulingClass=idle",
+        "CPUSchedulingPolicy=batch",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{p}: {line}");
+    }
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("After=") && l.contains("prewarm.service")),
+        "{p}: after the boot pass"
+    );
+    let s = load_str(&[images_fragment()], &Overrides::default()).unwrap();
+    assert!(!s.refresh.enabled, "off by default");
+    let deadline = s.refresh.deadline.unwrap_or(s.pull.deadline);
+    assert!(unit_key(p, "TimeoutStartSec") >= deadline + Duration::from_secs(300));
+    let t = "packaging/systemd/prewarm-refresh.timer";
+    assert!(unit_key(t, "RandomizedDelaySec") >= Duration::from_secs(60));
+    assert!(read(t).contains("WantedBy=timers.target"));
+    assert!(read("packaging/preset/80-prewarm.preset")
+        .lines()
+        .any(|l| l == "enable prewarm-refresh.timer"));
+}
+
 #[test]
 fn debian_changelog_is_for_this_version() {
     let changelog = read("packaging/debian/changelog");
@@ -288,6 +321,7 @@ fn units_run_the_packaged_binary() {
     for (unit, cmd) in [
         ("packaging/systemd/prewarm.service", "boot"),
         ("packaging/systemd/prewarm-untaint.service", "untaint"),
+        ("packaging/systemd/prewarm-refresh.service", "refresh"),
     ] {
         let text = read(unit);
         let exec: Vec<&str> = text

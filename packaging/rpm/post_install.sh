@@ -4,7 +4,7 @@
 # prewarm.service belongs to boot, before kubelet, not to package
 # installation on a running node.
 if [ "$1" -eq 1 ] && command -v systemctl >/dev/null 2>&1; then
-    systemctl --no-reload preset prewarm.service prewarm-untaint.service >/dev/null 2>&1 || :
+    systemctl --no-reload preset prewarm.service prewarm-untaint.service prewarm-refresh.timer >/dev/null 2>&1 || :
 fi
 if command -v systemd-tmpfiles >/dev/null 2>&1; then
     systemd-tmpfiles --create prewarm.conf >/dev/null 2>&1 || :

@@ -19,6 +19,7 @@ mod boot;
 mod gc;
 mod plan;
 mod pull;
+mod refresh;
 mod register;
 mod status;
 mod untaint;
@@ -34,7 +35,11 @@ use anyhow::Context;
 pub async fn run(cli: Cli) -> anyhow::Result<Exit> {
     let settings = load_settings(&cli)?;
     // register and untaint need no images; the others do.
-    if !matches!(cli.command, Command::Register | Command::Untaint) {
+    // (refresh needs them only once it is enabled.)
+    if !matches!(
+        cli.command,
+        Command::Register | Command::Untaint | Command::Refresh
+    ) {
         settings.require_images()?;
     }
     match cli.command {
@@ -58,6 +63,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<Exit> {
         }
         Command::Plan { output } => plan::run(settings, output).await,
         Command::Pull => pull::run(settings).await,
+        Command::Refresh => refresh::run(settings).await,
         Command::Status { output } => status::run(settings, output).await,
         Command::Gc { apply } => gc::run(settings, apply).await,
     }
@@ -75,6 +81,34 @@ fn node_name(settings: &Settings) -> anyhow::Result<String> {
                     "the hostname is not a usable node name: {m}; set [handoff] node-name"
                 )
             })
+        }
+    }
+}
+
+/// Puts the list revision the run's `report` describes on the Node
+/// ([`node::list`]); a failure is logged, never fatal: the images are in
+/// either way.
+async fn annotate_list(api: &impl node::api::NodeApi, name: &str, report: &crate::report::Report) {
+    use node::list::{annotate, Annotated};
+    match annotate(api, name, report).await {
+        Ok(Annotated::Written) => {
+            let (revision, warm) = node::list::annotations(report);
+            tracing::info!(
+                node = name,
+                revision = revision.as_deref().unwrap_or("-"),
+                warm,
+                "the Node's list annotations updated"
+            );
+        }
+        Ok(Annotated::Unchanged) => {
+            tracing::debug!(node = name, "the Node's list annotations are current")
+        }
+        Ok(Annotated::NoNode) => tracing::warn!(
+            node = name,
+            "no Node by that name: its list annotations are not written"
+        ),
+        Err(e) => {
+            tracing::warn!(node = name, error = %crate::error_chain(&e), "the Node's list annotations are not updated")
         }
     }
 }

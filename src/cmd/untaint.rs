@@ -52,10 +52,16 @@ pub(super) async fn run(settings: Settings) -> anyhow::Result<Exit> {
     };
     let outcome = run.run(tl).await.context("handing the node over")?;
     let r = &outcome.record;
+    let report = crate::report::Report::read(&settings.pull.report).ok();
     if let Some(path) = &settings.pull.metrics_file {
         // The pull's metrics again (from its report), with the handoff.
-        let report = crate::report::Report::read(&settings.pull.report).ok();
         crate::metrics::write(path, &crate::metrics::render(report.as_ref(), Some(r)));
+    }
+    // The list revision the boot pass brought, when its report has one
+    // (a refresh also clears a stale one; untaint adds no call for a
+    // report without).
+    if let Some(report) = report.as_ref().filter(|r| r.list_revision.is_some()) {
+        super::annotate_list(&api, &outcome.node, report).await;
     }
     tracing::info!(
         "untaint: node={} result={} action={} images={} required-missing={} seconds={:.1}{}",

@@ -13,10 +13,12 @@
 //!   with a kube-rs implementation.
 //! - [`clock`]: the deadline's reference point, which survives a restart of
 //!   the untaint unit.
+//! - [`list`]: the list revision the node holds, as annotations.
 
 pub mod api;
 pub mod clock;
 pub mod kubelet;
+pub mod list;
 pub mod register;
 pub mod untaint;
 

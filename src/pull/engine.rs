@@ -263,6 +263,7 @@ impl Engine {
             }),
             warnings: Vec::new(),
             sources: Vec::new(),
+            list_revision: None,
             images,
             gc: None,
             summary,
@@ -332,14 +333,18 @@ impl Engine {
             (Ok(Decision::Present), _) => report.status = ImageStatus::Present,
             (Ok(Decision::Skip(reason)), _) => {
                 report.status = ImageStatus::Skipped;
-                report.reason = Some(format!(
+                let mut why = format!(
                     "{}: needs about {} bytes, more than the disk budget left",
                     serde_json::to_value(reason)
                         .ok()
                         .and_then(|v| v.as_str().map(String::from))
                         .unwrap_or_default(),
                     p.need
-                ));
+                );
+                if let Some(by) = &self.settings.disk.limited_by {
+                    why.push_str(&format!(" ({by})"));
+                }
+                report.reason = Some(why);
             }
             (Ok(Decision::Pull), Some(r)) => {
                 let tally = Tally::default();

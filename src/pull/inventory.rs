@@ -27,6 +27,16 @@ pub trait ImageStore: Send + Sync {
     fn has_blob<'a>(&'a self, digest: &'a str) -> BoxFuture<'a, Result<bool, ContainerdError>>;
     /// Is the layer with this chain ID unpacked (a committed snapshot)?
     fn has_snapshot<'a>(&'a self, chain: &'a str) -> BoxFuture<'a, Result<bool, ContainerdError>>;
+    /// A small blob (a manifest or a config) the store holds, at most
+    /// `limit` bytes, checked against `digest`; `None` when it is not there
+    /// (or not as it should be), so that it is fetched.
+    fn small_blob<'a>(
+        &'a self,
+        _digest: &'a str,
+        _limit: u64,
+    ) -> BoxFuture<'a, Option<bytes::Bytes>> {
+        Box::pin(async { None })
+    }
 }
 
 /// containerd, with the snapshotter the images are unpacked into.
@@ -55,6 +65,29 @@ impl ImageStore for ContainerdStore {
 
     fn has_snapshot<'a>(&'a self, chain: &'a str) -> BoxFuture<'a, Result<bool, ContainerdError>> {
         Box::pin(self.containerd.snapshot_exists(&self.snapshotter, chain))
+    }
+
+    fn small_blob<'a>(
+        &'a self,
+        digest: &'a str,
+        limit: u64,
+    ) -> BoxFuture<'a, Option<bytes::Bytes>> {
+        Box::pin(async move {
+            use futures_util::StreamExt;
+            let info = self.containerd.content_info(digest).await.ok()??;
+            if info.size < 0 || info.size as u64 > limit {
+                return None;
+            }
+            let mut stream = self.containerd.content_read(digest).await.ok()?;
+            let mut buf = Vec::with_capacity(info.size as usize);
+            while let Some(chunk) = stream.next().await {
+                buf.extend_from_slice(&chunk.ok()?);
+                if buf.len() as u64 > limit {
+                    return None;
+                }
+            }
+            (crate::digest::sha256(&buf) == digest).then(|| bytes::Bytes::from(buf))
+        })
     }
 }
 

@@ -78,7 +78,7 @@ impl Planner<'_> {
     /// Resolves one listed image and checks whether it is present.
     async fn prepare_one(&self, entry: &crate::config::ImageEntry) -> Prepared {
         let source = (self.sources)(&entry.reference);
-        let mut r = match self.resolver.resolve(entry, source).await {
+        let mut r = match self.resolver.resolve(entry, source, self.store).await {
             Ok(r) => r,
             Err(e) => return Prepared::Failed(crate::error_chain(&e)),
         };

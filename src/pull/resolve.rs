@@ -161,12 +161,17 @@ pub struct Resolver<'a> {
 impl Resolver<'_> {
     /// Resolves an image: top manifest or index, the platform manifest and
     /// the config, all as raw bytes.
+    /// What is addressed by digest below the top (the platform manifest,
+    /// the config) is read from `store` when it holds it: a node that has
+    /// the image asks the registry only to resolve the tag.
     pub async fn resolve(
         &self,
         entry: &ImageEntry,
         source: Arc<dyn BlobSource>,
+        store: &dyn super::inventory::ImageStore,
     ) -> Result<Resolved, PullError> {
         let reference = &entry.reference;
+        let limit = crate::registry::MAX_MANIFEST_BYTES as u64;
         let fetch = |what: String| {
             let source = &source;
             async move {
@@ -192,11 +197,16 @@ impl Resolver<'_> {
         let (index, manifest) = if manifest::is_index(&top_media) {
             let idx = manifest::Index::parse(&top.digest, &top.bytes)?;
             let chosen = manifest::select_manifest(&top.digest, &idx, self.platform)?;
-            let m = fetch(chosen.digest.clone()).await?;
-            (
-                Some(small(top_media, top.digest, top.bytes)),
-                small(m.media_type, m.digest, m.bytes),
-            )
+            let m = match store.small_blob(&chosen.digest, limit).await {
+                Some(bytes) if manifest::is_manifest(&chosen.media_type) => {
+                    small(chosen.media_type.clone(), chosen.digest.clone(), bytes)
+                }
+                _ => {
+                    let m = fetch(chosen.digest.clone()).await?;
+                    small(m.media_type, m.digest, m.bytes)
+                }
+            };
+            (Some(small(top_media, top.digest, top.bytes)), m)
         } else if manifest::is_manifest(&top_media) {
             (None, small(top_media, top.digest, top.bytes))
         } else {
@@ -207,9 +217,13 @@ impl Resolver<'_> {
             .into());
         };
         let parsed = manifest::Manifest::parse(&manifest.desc.digest, &manifest.bytes)?;
-        let config_bytes = self
-            .fetch_small(source.as_ref(), reference, &parsed.config)
-            .await?;
+        let config_bytes = match store.small_blob(&parsed.config.digest, limit).await {
+            Some(bytes) if bytes.len() as i64 == parsed.config.size => bytes,
+            _ => {
+                self.fetch_small(source.as_ref(), reference, &parsed.config)
+                    .await?
+            }
+        };
         let config = manifest::ImageConfig::parse(&parsed.config.digest, &config_bytes)?;
         if config.rootfs.diff_ids.len() != parsed.layers.len() {
             return Err(manifest::ManifestError::Invalid {

@@ -15,7 +15,7 @@
 //!   the permission, emulating RBAC, the Node authorizer with the
 //!   NodeRestriction plugin (a node may not change `spec.taints`), and
 //!   prewarm's ValidatingAdmissionPolicy (the untaint principal may change
-//!   only its taint and the `prewarm.io/preload` annotation);
+//!   only its taint and prewarm's annotations);
 //! - TLS from a private CA, bearer tokens and client certificates;
 //! - faults on demand: refused connections, error statuses, slow answers,
 //!   and a change injected right after a GET.
@@ -39,6 +39,12 @@ use std::time::Duration;
 
 /// The annotation the untaint principal may set.
 pub const PRELOAD_ANNOTATION: &str = "prewarm.io/preload";
+/// The annotations the untaint principal may set (deploy/admission-policy.yaml).
+pub const PREWARM_ANNOTATIONS: [&str; 3] = [
+    PRELOAD_ANNOTATION,
+    "prewarm.io/list-revision",
+    "prewarm.io/list-warm",
+];
 
 /// What a principal may do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,7 +53,7 @@ pub enum Role {
     Admin,
     /// get + patch on nodes (not nodes/status), and through the admission
     /// policy only adding or removing the taint with this key, plus the
-    /// `prewarm.io/preload` annotation.
+    /// `prewarm.io/preload` and list annotations.
     Untainter {
         /// The one taint key this principal may add or remove.
         taint_key: String,
@@ -1095,7 +1101,9 @@ fn admit(role: &Role, user: &str, name: &str, old: &Value, new: &Value) -> Optio
                     .pointer_mut("/metadata/annotations")
                     .and_then(Value::as_object_mut)
                 {
-                    a.remove(PRELOAD_ANNOTATION);
+                    for k in PREWARM_ANNOTATIONS {
+                        a.remove(k);
+                    }
                     if a.is_empty() {
                         v["metadata"]
                             .as_object_mut()

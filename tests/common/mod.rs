@@ -5,6 +5,7 @@
 
 pub mod core;
 pub mod fidelity;
+pub mod loopfs;
 
 use prewarm::containerd::Containerd as Client;
 use prewarm::cri::Cri;
