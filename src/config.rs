@@ -718,6 +718,9 @@ impl Settings {
             .or(self.throttle.io_limits.write_iops);
         s.pull.concurrency = r.concurrency.unwrap_or(self.pull.concurrency);
         s.pull.deadline = r.deadline.unwrap_or(self.pull.deadline);
+        // node_exporter's file is the boot pass's (with the handoff's
+        // time to schedulable): a refresh leaves it alone.
+        s.pull.metrics_file = None;
         s.disk.max_usage_percent = self.disk.max_usage_percent.min(kubelet.max_usage_percent);
         s.disk.reserve = self.disk.reserve.max(kubelet.min_free_bytes);
         s.disk.limited_by = Some(format!(

@@ -179,13 +179,22 @@ async fn the_list_moves_from_v1_to_v2_and_the_node_says_so() {
     let proxy = proxied(&env);
     let (v1_ref, v2_ref, tool_ref) = (via(&proxy, &v1), via(&proxy, &v2), via(&proxy, &tool));
     node.serve(&[&v1_ref, &tool_ref]);
-    let config = node.config(&env, &env.path("kubelet.yaml"), "gc = true", "");
+    let textfile = env.path("textfile");
+    std::fs::create_dir_all(&textfile).unwrap();
+    let metrics = textfile.join("prewarm.prom");
+    let config = node.config(
+        &env,
+        &env.path("kubelet.yaml"),
+        &format!("gc = true\nmetrics-file = {metrics:?}"),
+        "",
+    );
     let config = config.to_str().unwrap();
 
     // The boot pass.
     let out = env.prewarm(&["pull", "--config", config]);
     assert_eq!(exit_code(&out), 0);
     let boot_report = std::fs::read(env.path("report.json")).unwrap();
+    let boot_metrics = std::fs::read(&metrics).expect("the boot pass's metrics");
     env.assert_visible_as(&tool_ref, &tool, 0).await;
 
     // CI promotes 2.0 and drops the tool.
@@ -230,8 +239,10 @@ async fn the_list_moves_from_v1_to_v2_and_the_node_says_so() {
                         && c.body.as_ref().is_some_and(|b| b.get("spec").is_none())))),
         "only a GET and an annotation patch: {calls:?}"
     );
-    // The boot pass's report, which untaint reads, is the boot pass's.
+    // The boot pass's report, which untaint reads, and its metrics are the
+    // boot pass's.
     assert_eq!(std::fs::read(env.path("report.json")).unwrap(), boot_report);
+    assert_eq!(std::fs::read(&metrics).unwrap(), boot_metrics);
     // The README's rollout recipe counts this node, and not one without
     // the annotations.
     let list = json!({"items": [node.node(), {"metadata": {"name": "other"}}]});
