@@ -95,7 +95,7 @@ pub struct Report {
     /// The image list sources read (`[[sources]]`), fresh or cached.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sources: Vec<SourceReport>,
-    /// The list's revision ([`crate::sources::revision`]), when every
+    /// The list's revision (see `sources::revision`), when every
     /// source was read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub list_revision: Option<String>,

@@ -13,10 +13,10 @@
 
 mod common;
 
-use common::{exit_code, layers, linux, push, Env};
+use common::{exit_code, layers, linux, push, untainter_kubeconfig, Env};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use testbed::{Compression, Format, KubeApi, Role};
+use testbed::{Compression, Format, KubeApi};
 
 const EXAMPLE: &str = "cloud-init/kubelet-bootstrap.yaml";
 const SITE_FRAGMENT: &str = "/etc/prewarm/config.d/50-site.toml";
@@ -129,15 +129,7 @@ async fn boot_then_untaint_as_a_node_does() {
     );
 
     // What a test cannot have: everything else comes from the files above.
-    let untainter = api
-        .add_token_user(
-            "system:serviceaccount:prewarm-system:prewarm-untaint",
-            Role::Untainter {
-                taint_key: "startup-taint.cluster-autoscaler.kubernetes.io/prewarm".into(),
-            },
-        )
-        .unwrap()
-        .kubeconfig;
+    let untainter = untainter_kubeconfig(&api);
     let test = env.path("test.toml");
     std::fs::write(
         &test,
@@ -280,15 +272,7 @@ fn register_taints_the_kubeadm_example_join_config() {
     let join = root.join("run/kubeadm/kubeadm-join-config.yaml");
     let original = file("/run/kubeadm/kubeadm-join-config.yaml");
     write(&join, &original);
-    let untainter = api
-        .add_token_user(
-            "system:serviceaccount:prewarm-system:prewarm-untaint",
-            Role::Untainter {
-                taint_key: "startup-taint.cluster-autoscaler.kubernetes.io/prewarm".into(),
-            },
-        )
-        .unwrap()
-        .kubeconfig;
+    let untainter = untainter_kubeconfig(&api);
     let test = dir.path().join("test.toml");
     std::fs::write(
         &test,

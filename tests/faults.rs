@@ -637,9 +637,5 @@ async fn two_pullers_and_a_cri_pull_of_the_same_image() {
     );
     assert_eq!(pulled, img.manifests[0].config_digest);
     env.assert_visible_as(&reference, &img, 0).await;
-    let active = env.containerd.ctr(&["content", "active"]).unwrap();
-    assert!(
-        active.lines().skip(1).all(|l| l.trim().is_empty()),
-        "ingests left behind: {active}"
-    );
+    assert_no_ingest_left(&env);
 }

@@ -193,14 +193,19 @@ fn cap_left_by_kill_9_is_restored_at_the_next_start() {
     // Nothing could clean up: the cap is still in force, the state is saved.
     assert_eq!(s.cgroup.value(BPS, &s.dev), Some(3 << 20));
     assert!(s.env.path("iocap-state.json").exists());
-    // The next run, even one without a cap configured, puts things back.
+    pull_without_a_cap_restores(&s);
+}
+
+/// The next run, even one without a cap configured, puts containerd's
+/// limits back.
+fn pull_without_a_cap_restores(s: &Setup) {
     s.proxy.throttle(None);
     let plain = s.env.config(&[(&s.reference, true)], "");
     let out = s
         .env
         .prewarm(&["pull", "--config", plain.to_str().unwrap()]);
     assert_eq!(exit_code(&out), 0);
-    assert_restored(&s);
+    assert_restored(s);
 }
 
 /// A blkio cgroup for prewarm alone (as prewarm.service gives it), with an
@@ -291,13 +296,7 @@ fn own_cgroup_cap_left_by_kill_9_is_restored_at_the_next_start() {
     child.wait().unwrap();
     assert_eq!(own.value(BPS, &s.dev), Some(3 << 20), "nothing cleaned up");
     assert!(s.env.path("iocap-own-state.json").exists());
-    s.proxy.throttle(None);
-    let plain = s.env.config(&[(&s.reference, true)], "");
-    let out = s
-        .env
-        .prewarm(&["pull", "--config", plain.to_str().unwrap()]);
-    assert_eq!(exit_code(&out), 0);
-    assert_restored(&s);
+    pull_without_a_cap_restores(&s);
     assert_own_restored(&s, &own);
 }
 

@@ -25,7 +25,7 @@ use prewarm::report::{ImageStatus, Report, SourceStatus};
 use serde_json::{json, Value};
 use sha2::Digest;
 use std::path::{Path, PathBuf};
-use testbed::{Compression::Gzip, FaultProxy, FileServer, Format, KubeApi, Role};
+use testbed::{Compression::Gzip, FaultProxy, FileServer, Format, KubeApi};
 
 const NODE: &str = "worker-7";
 const REVISION: &str = "prewarm.io/list-revision";
@@ -51,15 +51,7 @@ impl Node {
             "spec": {"taints": [{"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}]},
         }))
         .unwrap();
-        let kubeconfig = api
-            .add_token_user(
-                "system:serviceaccount:prewarm-system:prewarm-untaint",
-                Role::Untainter {
-                    taint_key: "startup-taint.cluster-autoscaler.kubernetes.io/prewarm".into(),
-                },
-            )
-            .unwrap()
-            .kubeconfig;
+        let kubeconfig = untainter_kubeconfig(&api);
         Node {
             server,
             api,

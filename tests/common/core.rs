@@ -168,11 +168,7 @@ pub async fn cri_pull_at_the_same_time(env: &Env) {
     );
     assert_eq!(pulled, img.manifests[0].config_digest);
     env.assert_visible_as(&reference, &img, 0).await;
-    let active = env.containerd.ctr(&["content", "active"]).unwrap();
-    assert!(
-        active.lines().skip(1).all(|l| l.trim().is_empty()),
-        "ingests left behind: {active}"
-    );
+    assert_no_ingest_left(env);
 }
 
 /// kubelet's pull through CRI (`PullImage`); returns the image ID.

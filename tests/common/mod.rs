@@ -296,3 +296,26 @@ pub fn run_prewarm_env<A: AsRef<std::ffi::OsStr>>(
     );
     out
 }
+
+/// The shared credential of `deploy/rbac.yaml` on the fake API server
+/// (the untaint service account, held to prewarm's taint and annotations):
+/// its kubeconfig.
+pub fn untainter_kubeconfig(api: &testbed::KubeApi) -> PathBuf {
+    api.add_token_user(
+        "system:serviceaccount:prewarm-system:prewarm-untaint",
+        testbed::Role::Untainter {
+            taint_key: prewarm::config::DIRECT_TAINT_KEY.into(),
+        },
+    )
+    .expect("adding the untaint credential")
+    .kubeconfig
+}
+
+/// No ingest left in containerd's content store.
+pub fn assert_no_ingest_left(env: &Env) {
+    let active = env.containerd.ctr(&["content", "active"]).unwrap();
+    assert!(
+        active.lines().skip(1).all(|l| l.trim().is_empty()),
+        "ingests left behind: {active}"
+    );
+}
