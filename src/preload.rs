@@ -16,6 +16,8 @@ use std::time::Instant;
 pub struct Plan {
     /// The image lists read, as the report shows them.
     pub lists: Vec<crate::report::SourceReport>,
+    /// Their revision, as the Node's `prewarm.io/list-revision` will say.
+    pub list_revision: Option<String>,
     /// Where containerd's image filesystem is.
     pub disk_path: String,
     pub budget: Budget,
@@ -45,6 +47,7 @@ pub async fn plan(settings: Settings) -> anyhow::Result<Plan> {
     .await;
     Ok(Plan {
         exit: list_exit(&lists, Exit::Ok),
+        list_revision: lists.revision,
         lists: lists.reports,
         disk_path: engine.reserve.path.clone(),
         budget,

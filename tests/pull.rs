@@ -402,6 +402,9 @@ async fn plan_and_status_as_json() {
     assert!(plan["disk"]["allowance"].as_u64().unwrap() > 0);
     assert_eq!(json("status")["images"][0]["present"], false);
     env.pull_ok(&config);
+    // The revision the plan shows is the one the pull reports.
+    let revision = plan["list_revision"].as_str().expect("a list revision");
+    assert_eq!(env.report().list_revision.as_deref(), Some(revision));
     assert_eq!(json("plan")["images"][0]["action"], "present");
     let status = json("status");
     let seen = &status["images"][0];

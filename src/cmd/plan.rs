@@ -24,6 +24,9 @@ pub(super) async fn run(settings: Settings, output: Output) -> anyhow::Result<Ex
                 .unwrap_or_default()
         );
     }
+    if let Some(rev) = &planned.list_revision {
+        out!("list revision {rev}");
+    }
     for w in &planned.warnings {
         out!("warning: {w}");
     }
@@ -107,6 +110,7 @@ fn as_json(planned: &crate::preload::Plan) -> serde_json::Value {
         .collect();
     serde_json::json!({
         "lists": planned.lists,
+        "list_revision": planned.list_revision,
         "disk": {
             "path": planned.disk_path,
             "total": b.total,
