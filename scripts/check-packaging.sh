@@ -141,6 +141,7 @@ units=(prewarm.service prewarm-untaint.service prewarm-refresh.service prewarm-r
 for u in "${units[@]}"; do
   f=$root/usr/lib/systemd/system/$u
   [[ -f $f ]] || die "$u not in /usr/lib/systemd/system"
+  [[ $u == *.service ]] || continue # a timer runs its service
   grep '^ExecStart=' "$f" | while IFS= read -r line; do
     cmd=${line#ExecStart=}
     bin=${cmd%% *} sub=${cmd#* }
@@ -155,8 +156,13 @@ systemd-tmpfiles --root="$root" --create prewarm.conf
 for d in run/prewarm run/prewarm/config.d var/lib/prewarm; do
   [[ -d $root/$d && $(stat -c %a "$root/$d") == 755 ]] || die "tmpfiles.d did not create /$d 0755"
 done
-report=$(sed -n 's/^report = "\(.*\)"/\1/p' "$root/usr/lib/prewarm/config.d/00-defaults.toml")
-[[ -d $root$(dirname "$report") ]] || die "the report's directory $(dirname "$report") is not created by tmpfiles.d"
+# The reports: [pull]'s (untaint reads it) and [refresh]'s.
+reports=$(sed -n 's/^report = "\(.*\)"/\1/p' "$root/usr/lib/prewarm/config.d/00-defaults.toml")
+[[ $(wc -l <<<"$reports") == 2 ]] || die "expected [pull] and [refresh] report in 00-defaults.toml: $reports"
+for report in $reports; do
+  [[ -d $root$(dirname "$report") ]] || die "the report's directory $(dirname "$report") is not created by tmpfiles.d"
+done
+report=$(head -1 <<<"$reports")
 ok "systemd-tmpfiles --create makes /run/prewarm, /run/prewarm/config.d, /var/lib/prewarm; report goes to $report"
 
 # The binary reads the directories the package fills (defaults, local

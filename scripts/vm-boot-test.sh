@@ -238,30 +238,34 @@ enabled() {
   for u in "${units[@]}"; do
     [[ -L $m/etc/systemd/system/multi-user.target.wants/$u ]] || return 1
   done
+  # The refresh timer, from timers.target (its service does nothing until
+  # [refresh] enabled = true).
+  [[ -L $m/etc/systemd/system/timers.target.wants/prewarm-refresh.timer ]]
 }
 if [[ $package == deb ]]; then
   cp "$pkg" "$m/tmp/prewarm.deb"
   chroot "$m" dpkg -i /tmp/prewarm.deb >"$work/install.log" 2>&1 || { cat "$work/install.log" >&2; die "dpkg -i failed in the guest root"; }
   rm "$m/tmp/prewarm.deb"
-  enabled || die "postinst did not enable ${units[*]}"
+  enabled || die "postinst did not enable ${units[*]} and prewarm-refresh.timer"
 else
   rpm_in() { rpm --root "$m" --dbpath /var/lib/rpm "$@" >>"$work/install.log" 2>&1; }
   rpm_in --initdb || die "rpm --initdb failed"
   # Debian's root has no rpm database of what it holds: --nodeps.
   rpm_in -i --nodeps "$pkg" || { cat "$work/install.log" >&2; die "rpm -i failed in the guest root"; }
-  enabled || die "%post did not enable ${units[*]}"
+  enabled || die "%post did not enable ${units[*]} and prewarm-refresh.timer"
   [[ -x $m/usr/bin/prewarm && -f $m/etc/prewarm/config.d/40-local.toml ]] || die "rpm -i left files out"
   rpm_in -e prewarm || { cat "$work/install.log" >&2; die "rpm -e failed in the guest root"; }
   for u in "${units[@]}"; do
     [[ ! -e $m/etc/systemd/system/multi-user.target.wants/$u ]] || die "%preun did not disable $u"
     [[ ! -e $m/usr/lib/systemd/system/$u ]] || die "rpm -e left $u"
   done
+  [[ ! -e $m/etc/systemd/system/timers.target.wants/prewarm-refresh.timer ]] || die "%preun did not disable prewarm-refresh.timer"
   [[ ! -e $m/usr/bin/prewarm ]] || die "rpm -e left /usr/bin/prewarm"
   for d in etc/prewarm usr/lib/prewarm usr/share/doc/prewarm; do
     [[ ! -e $m/$d ]] || die "rpm -e left /$d"
   done
   rpm_in -i --nodeps "$pkg" || { cat "$work/install.log" >&2; die "rpm -i (again) failed"; }
-  enabled || die "%post did not enable ${units[*]} on the second install"
+  enabled || die "%post did not enable ${units[*]} and prewarm-refresh.timer on the second install"
   say "rpm: installed, erased and installed again in the guest root; scriptlets ran"
 fi
 # The stand-in kubelet: ordered by prewarm.service's Before=kubelet.service
@@ -410,6 +414,9 @@ if not created:
     problems.append(f"the kubelet did not register the Node with {key}")
 if not patched:
     problems.append("the untaint principal never patched the Node")
+annotations = ((node or {}).get("metadata") or {}).get("annotations") or {}
+if not annotations.get("prewarm.io/list-revision") or annotations.get("prewarm.io/list-warm") != "true":
+    problems.append("the Node lacks prewarm.io/list-revision, or prewarm.io/list-warm is not true")
 for p in problems:
     print("api record:", p, file=sys.stderr)
 sys.exit(1 if problems else 0)
