@@ -627,15 +627,5 @@ async fn two_pullers_and_a_cri_pull_of_the_same_image() {
         "{first} {second}: {logs}"
     );
     assert!(logs.contains("another prewarm pull is running"), "{logs}");
-    let report = env.report();
-    assert!(
-        matches!(
-            report.images[0].status,
-            ImageStatus::Pulled | ImageStatus::Present
-        ),
-        "{report:#?}"
-    );
-    assert_eq!(pulled, img.manifests[0].config_digest);
-    env.assert_visible_as(&reference, &img, 0).await;
-    assert_no_ingest_left(&env);
+    common::core::assert_race_ended_well(&env, &reference, &img, &pulled).await;
 }
