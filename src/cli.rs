@@ -21,7 +21,8 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "PATH")]
     pub socket: Option<PathBuf>,
 
-    /// Where to write the JSON report (overrides [pull] report)
+    /// Where to write the JSON report (overrides [pull] report; for
+    /// refresh, [refresh] report)
     #[arg(long, global = true, value_name = "FILE")]
     pub report: Option<PathBuf>,
 
@@ -103,7 +104,16 @@ impl Cli {
     pub fn overrides(&self) -> Overrides {
         Overrides {
             socket: self.socket.clone(),
-            report: self.report.clone(),
+            // A refresh's report is its own: [pull] report (beside which
+            // every run takes the run lock) stays the boot pass's.
+            report: self
+                .report
+                .clone()
+                .filter(|_| !matches!(self.command, Command::Refresh)),
+            refresh_report: self
+                .report
+                .clone()
+                .filter(|_| matches!(self.command, Command::Refresh)),
             metrics_file: self.metrics_file.clone(),
             bandwidth: self.bandwidth.clone(),
             concurrency: self.concurrency,

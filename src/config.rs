@@ -748,6 +748,7 @@ struct HandoffSources {
 pub struct Overrides {
     pub socket: Option<PathBuf>,
     pub report: Option<PathBuf>,
+    pub refresh_report: Option<PathBuf>,
     pub metrics_file: Option<PathBuf>,
     pub bandwidth: Option<String>,
     pub concurrency: Option<NonZeroU32>,
@@ -1568,6 +1569,9 @@ impl Settings {
         }
         if let Some(v) = &o.socket {
             self.containerd.socket = v.clone();
+        }
+        if let Some(v) = &o.refresh_report {
+            self.refresh.report = v.clone();
         }
         if let Some(v) = &o.report {
             self.pull.report = v.clone();

@@ -263,6 +263,17 @@ async fn the_list_moves_from_v1_to_v2_and_the_node_says_so() {
         calls.iter().all(|c| c.method == "GET"),
         "the Node already says so: {calls:?}"
     );
+    // --report on the command line is where a refresh writes.
+    let moved = env.path("moved-report.json");
+    let out = env.prewarm(&[
+        "refresh",
+        "--config",
+        config,
+        "--report",
+        moved.to_str().unwrap(),
+    ]);
+    assert_eq!(exit_code(&out), 0);
+    assert_eq!(Report::read(&moved).unwrap().summary.present, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -358,15 +369,26 @@ async fn two_passes_at_once_one_runs_and_the_other_is_left_out() {
     let config = node.config(&env, &env.path("kubelet.yaml"), "", "");
     let config = config.to_str().unwrap();
     for first in ["refresh", "pull"] {
-        let mut running = env.spawn_prewarm(&[first, "--config", config]);
         let layer = &img.manifests[0].layer_digests[0];
+        // The proxy counts across rounds: this round's first bytes.
+        let before = proxy.bytes_sent_for(layer);
+        let mut running = env.spawn_prewarm(&[first, "--config", config]);
         testbed::poll_until(
             "the first pass downloading",
             std::time::Duration::from_secs(60),
-            || Ok((proxy.bytes_sent_for(layer) > 0).then_some(())),
+            || Ok((proxy.bytes_sent_for(layer) > before).then_some(())),
         )
         .unwrap();
-        let out = env.prewarm(&["refresh", "--config", config]);
+        // `--report` moves the refresh's report, not the run lock beside
+        // the boot pass's report.
+        let other = env.path("other-report.json");
+        let out = env.prewarm(&[
+            "refresh",
+            "--config",
+            config,
+            "--report",
+            other.to_str().unwrap(),
+        ]);
         assert_eq!(exit_code(&out), 0, "{first}");
         assert!(
             String::from_utf8_lossy(&out.stderr).contains("this refresh pass is left out"),
@@ -375,6 +397,7 @@ async fn two_passes_at_once_one_runs_and_the_other_is_left_out() {
         );
         let status = tokio::task::block_in_place(|| running.wait()).unwrap();
         assert!(status.success(), "{first}: {status}");
+        assert!(!other.exists(), "the pass left out wrote no report");
         // The image away again, for the next round.
         let client = env.client().await;
         for i in client.image_list().await.unwrap() {
