@@ -579,6 +579,13 @@ impl Handoff {
             KUBELET_KUBECONFIGS.iter().map(PathBuf::from).collect()
         }
     }
+
+    /// The first of [`Handoff::kubeconfig_candidates`] that exists now.
+    pub fn existing_kubeconfig(&self) -> Option<PathBuf> {
+        self.kubeconfig_candidates()
+            .into_iter()
+            .find(|p| p.exists())
+    }
 }
 
 /// Validated `[register]` settings.

@@ -289,12 +289,10 @@ pub async fn load(s: &crate::config::Settings) -> Loaded {
                 kubeconfig,
             } => {
                 let origin = PathBuf::from(format!("configmap/{namespace}/{name}"));
-                let fetched: Result<Fetched, String> = match kubeconfig.clone().or_else(|| {
-                    s.handoff
-                        .kubeconfig_candidates()
-                        .into_iter()
-                        .find(|p| p.exists())
-                }) {
+                let fetched: Result<Fetched, String> = match kubeconfig
+                    .clone()
+                    .or_else(|| s.handoff.existing_kubeconfig())
+                {
                     Some(kc) => tokio::time::timeout(
                         src.timeout,
                         fetch_configmap(&kc, namespace, name, key, src.timeout),

@@ -25,17 +25,20 @@ pub(super) async fn run(settings: Settings) -> anyhow::Result<Exit> {
         }
         Refreshed::Ran(outcome) => {
             tracing::info!(report = %settings.refresh.report.display(), "refresh: {}", outcome.report.summary);
-            match settings.handoff.kubeconfig_candidates().into_iter().find(|p| p.exists()) {
+            match settings.handoff.existing_kubeconfig() {
                 Some(kubeconfig) => {
-                    let api = crate::node::api::KubeNodeApi::from_kubeconfig(
-                        &kubeconfig,
-                        settings.handoff.request_timeout,
-                    )
-                    .await;
-                    match (node_name(&settings), api) {
-                        (Ok(name), Ok(api)) => annotate_list(&api, &name, &outcome.report).await,
-                        (Err(e), _) => tracing::warn!(error = %crate::error_chain(e.as_ref()), "the Node's list annotations are not updated"),
-                        (_, Err(e)) => tracing::warn!(error = %crate::error_chain(&e), "the Node's list annotations are not updated"),
+                    let api = async {
+                        let name = node_name(&settings)?;
+                        let api = crate::node::api::KubeNodeApi::from_kubeconfig(
+                            &kubeconfig,
+                            settings.handoff.request_timeout,
+                        )
+                        .await?;
+                        anyhow::Ok((name, api))
+                    };
+                    match api.await {
+                        Ok((name, api)) => annotate_list(&api, &name, &outcome.report).await,
+                        Err(e) => tracing::warn!(error = %crate::error_chain(e.as_ref()), "the Node's list annotations are not updated"),
                     }
                 }
                 None => tracing::warn!(

@@ -31,24 +31,23 @@ pub fn patch(revision: Option<&str>, warm: bool) -> Value {
     }}})
 }
 
-/// Does the Node already carry these values?
-fn carries(node: &Value, revision: Option<&str>, warm: bool) -> bool {
-    let get = |k: &str| {
-        node.pointer(&format!(
-            "/metadata/annotations/{}",
-            super::api::pointer_escape(k)
-        ))
-        .and_then(Value::as_str)
-    };
-    get(REVISION_ANNOTATION) == revision && get(WARM_ANNOTATION) == Some(&warm.to_string())
-}
-
-fn carries_no_revision(node: &Value) -> bool {
+/// The Node's annotation `key`, if set.
+fn annotation<'a>(node: &'a Value, key: &str) -> Option<&'a str> {
     node.pointer(&format!(
         "/metadata/annotations/{}",
-        super::api::pointer_escape(REVISION_ANNOTATION)
+        super::api::pointer_escape(key)
     ))
-    .is_none()
+    .and_then(Value::as_str)
+}
+
+/// Does the Node already say what the report does? A report without a
+/// revision has nothing to say to a Node that carries none.
+fn carries(node: &Value, revision: Option<&str>, warm: bool) -> bool {
+    let held = annotation(node, REVISION_ANNOTATION);
+    match revision {
+        None => held.is_none(),
+        Some(_) => held == revision && annotation(node, WARM_ANNOTATION) == Some(&warm.to_string()),
+    }
 }
 
 /// What [`annotate`] did.
@@ -75,8 +74,7 @@ pub async fn annotate(
     let Some(current) = api.get(node).await? else {
         return Ok(Annotated::NoNode);
     };
-    let says_nothing = revision.is_none() && carries_no_revision(&current);
-    if says_nothing || carries(&current, revision.as_deref(), warm) {
+    if carries(&current, revision.as_deref(), warm) {
         return Ok(Annotated::Unchanged);
     }
     api.patch_merge(node, patch(revision.as_deref(), warm))
@@ -101,6 +99,7 @@ mod tests {
         assert!(carries(&node, Some("ab12"), true));
         assert!(!carries(&node, Some("ab12"), false));
         assert!(!carries(&node, Some("cd34"), true));
-        assert!(!carries(&json!({}), None, false));
+        assert!(carries(&json!({}), None, false), "nothing to say");
+        assert!(!carries(&node, None, false), "a revision to remove");
     }
 }
